@@ -1,0 +1,1 @@
+"""PPO training for the comma.ai Controls Challenge lateral control task."""
