@@ -165,6 +165,12 @@ class ActorCritic(nn.Module):
         normalize_obs: if True, observations pass through a
             :class:`RunningMeanStd` (updated only by ``update_obs_normalizer``);
             if False the normaliser is the identity.
+        base_weights: optional fixed ``[D]`` weights of a linear base controller
+            on the *raw* observation (e.g. the PID written over the observation's
+            error features). The Gaussian mean is then ``obs @ base_weights +
+            actor_mlp(normalize(obs))``: the network learns a residual on top of
+            the base, and a residual head initialised near zero starts the policy
+            at the base controller. Not trained; stored as a buffer (exported).
 
     Raises:
         ValueError: on non-positive sizes, an unknown activation, or
@@ -193,6 +199,7 @@ class ActorCritic(nn.Module):
         action_high: float = 2.0,
         init_log_std: float = -1.0,
         normalize_obs: bool = True,
+        base_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         obs_dim = int(obs_dim)
@@ -224,6 +231,7 @@ class ActorCritic(nn.Module):
             "action_high": action_high,
             "init_log_std": float(init_log_std),
             "normalize_obs": bool(normalize_obs),
+            "base_weights": None if base_weights is None else [float(w) for w in base_weights],
         }
         self.obs_dim = obs_dim
         self.act_dim = act_dim
@@ -234,6 +242,13 @@ class ActorCritic(nn.Module):
         self.actor_mean = _mlp(obs_dim, hidden_sizes, act_dim, activation, out_gain=0.01)
         self.critic = _mlp(obs_dim, hidden_sizes, 1, activation, out_gain=1.0)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std), dtype=torch.float32))
+        if base_weights is not None:
+            if len(base_weights) != obs_dim or act_dim != 1:
+                raise ValueError(f"base_weights needs obs_dim={obs_dim} entries and act_dim=1, got "
+                                 f"{len(base_weights)} entries, act_dim={act_dim}")
+            self.register_buffer("base_weights", torch.tensor(base_weights, dtype=torch.float32)[:, None])
+        else:
+            self.base_weights = None
 
     # ------------------------------------------------------------------ helpers
     def normalize(self, obs: Tensor) -> Tensor:
@@ -250,7 +265,13 @@ class ActorCritic(nn.Module):
 
     def action_mean(self, obs: Tensor) -> Tensor:
         """Unclamped Gaussian mean ``[B, A]`` for raw observations ``[B, D]``."""
-        return self.actor_mean(self.normalize(obs))
+        return self._mean(obs, self.normalize(obs))
+
+    def _mean(self, obs: Tensor, norm_obs: Tensor) -> Tensor:
+        mean = self.actor_mean(norm_obs)
+        if self.base_weights is not None:
+            mean = mean + obs @ self.base_weights
+        return mean
 
     def distribution(self, obs: Tensor) -> torch.distributions.Normal:
         """Diagonal Gaussian ``N(mean(obs), exp(log_std))``, batch shape ``[B, A]``."""
@@ -285,7 +306,7 @@ class ActorCritic(nn.Module):
             over action dims.
         """
         norm_obs = self.normalize(obs)
-        mean = self.actor_mean(norm_obs)
+        mean = self._mean(obs, norm_obs)
         std = torch.exp(self.log_std).expand_as(mean)
         dist = torch.distributions.Normal(mean, std)
         if action is None:

@@ -1,0 +1,190 @@
+"""Training configuration: defaults, YAML loading, command-line overrides, validation.
+
+A config is a nested dict with the sections of DEFAULTS. A YAML file overrides any
+subset of it; `key.sub=value` strings on the command line override that (values are
+parsed as YAML, so `ppo.learning_rate=1e-4`, `policy.hidden_sizes=[64,64]`). Unknown
+sections/keys and out-of-range values raise ConfigError naming the file and the key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from ppo_training.policy.ppo_agent import PPOConfig
+
+DEFAULTS: dict = {
+    "seed": 1,
+    "run_dir": "runs",            # runs/<run_name>/ holds checkpoints, logs, stats, config
+    "run_name": None,             # default: ppo_<YYYYmmdd-HHMMSS>_seed<seed>
+    "torch_threads": 1,           # torch intra-op threads (policy + update)
+    "data": {
+        "data_dir": "data",
+        "train_files": "00000-00079",   # inclusive range of file stems, or a list of names
+        "val_files": "00080-00099",
+    },
+    "simulator": {
+        "model_path": "models/tinyphysics.onnx",
+        "num_threads": 1,          # onnxruntime intra-op threads
+    },
+    "env": {
+        "num_envs": 32,
+        "reward_scale": 1.0,       # episode return = -reward_scale * total_cost
+    },
+    "train": {
+        "total_timesteps": 2_000_000,
+        "n_steps": 200,            # steps per env per rollout (batch = n_steps * num_envs)
+        "eval_interval": 10,       # updates between exact validation runs (0: only at the end)
+        "checkpoint_interval": 10,  # updates between checkpoints
+        "log_interval": 1,
+    },
+    "ppo": PPOConfig().to_dict(),
+    "policy": {
+        "hidden_sizes": [128, 128],
+        "activation": "tanh",
+        "init_log_std": -2.5,
+        "base": "pid",             # residual on top of this fixed controller ("pid" or "none")
+    },
+    "bc": {                        # behaviour-cloning warm start from a teacher controller
+        "enabled": True,
+        "teacher": "pid",
+        "episodes": 64,            # teacher episodes collected (in batches of env.num_envs)
+        "epochs": 30,
+        "minibatch_size": 1024,
+        "learning_rate": 1e-3,
+        "value_epochs": 30,        # critic fitted to the teacher's discounted returns
+    },
+    "export": {
+        "output": "models/ppo_policy.onnx",
+    },
+    "eval": {
+        "baseline": "pid",
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the file (or override) and the key."""
+
+
+def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{source}: unknown config key {path!r}; known: {sorted(base)}")
+        if isinstance(base[key], dict) and key != "ppo":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {path!r} must be a mapping, got {value!r}")
+            _merge(base[key], value, source, path + ".")
+        elif key == "ppo":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: 'ppo' must be a mapping, got {value!r}")
+            for k in value:
+                if k not in base["ppo"]:
+                    raise ConfigError(f"{source}: unknown config key 'ppo.{k}'; known: {sorted(base['ppo'])}")
+            base["ppo"].update(value)
+        else:
+            base[key] = value
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=1e-4' -> {'a': {'b': 0.0001}} (the value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    out: dict = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def validate(cfg: dict, source: str) -> None:
+    """Range checks; raises ConfigError naming the source and key."""
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{source}: {key} {msg} (got {_get(cfg, key)!r})")
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    need(is_int(cfg["seed"]), "seed", "must be an integer")
+    need(is_int(cfg["torch_threads"]) and cfg["torch_threads"] >= 1, "torch_threads", "must be an integer >= 1")
+    need(is_int(cfg["env"]["num_envs"]) and cfg["env"]["num_envs"] >= 1, "env.num_envs", "must be an integer >= 1")
+    need(isinstance(cfg["env"]["reward_scale"], (int, float)) and cfg["env"]["reward_scale"] > 0,
+         "env.reward_scale", "must be > 0")
+    need(is_int(cfg["simulator"]["num_threads"]) and cfg["simulator"]["num_threads"] >= 1,
+         "simulator.num_threads", "must be an integer >= 1")
+    t = cfg["train"]
+    need(is_int(t["total_timesteps"]) and t["total_timesteps"] >= 1, "train.total_timesteps", "must be >= 1")
+    need(is_int(t["n_steps"]) and t["n_steps"] >= 1, "train.n_steps", "must be >= 1")
+    for k in ("eval_interval", "checkpoint_interval", "log_interval"):
+        need(is_int(t[k]) and t[k] >= 0, f"train.{k}", "must be an integer >= 0")
+    p = cfg["policy"]
+    need(isinstance(p["hidden_sizes"], list) and all(is_int(h) and h > 0 for h in p["hidden_sizes"]),
+         "policy.hidden_sizes", "must be a list of positive integers")
+    need(p["base"] in ("pid", "none"), "policy.base", "must be 'pid' or 'none'")
+    b = cfg["bc"]
+    for k in ("episodes", "epochs", "minibatch_size", "value_epochs"):
+        need(is_int(b[k]) and b[k] >= (1 if k in ("episodes", "minibatch_size") else 0), f"bc.{k}", "out of range")
+    need(isinstance(b["learning_rate"], (int, float)) and b["learning_rate"] > 0, "bc.learning_rate", "must be > 0")
+    try:
+        PPOConfig.from_dict(cfg["ppo"])
+    except ValueError as e:
+        raise ConfigError(f"{source}: ppo: {e}") from None
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    cur: Any = cfg
+    for p in dotted.split("."):
+        cur = cur[p]
+    return cur
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> dict:
+    """DEFAULTS <- YAML file <- overrides, validated. Raises ConfigError."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        _merge(cfg, loaded, str(path))
+    for text in overrides:
+        _merge(cfg, parse_override(text), f"override {text!r}")
+    validate(cfg, str(path) if path else "config")
+    return cfg
+
+
+def select_files(data_dir: str, spec) -> list:
+    """Segment path strings 'data_dir/NNNNN.csv' for a spec: 'A-B' (inclusive stem range),
+    or a list of names/stems. Raises ConfigError when the directory has no match."""
+    d = Path(data_dir)
+    if isinstance(spec, str) and "-" in spec:
+        lo, hi = spec.split("-", 1)
+        width = len(lo)
+        names = [f"{i:0{width}d}.csv" for i in range(int(lo), int(hi) + 1)]
+    elif isinstance(spec, list):
+        names = [n if str(n).endswith(".csv") else f"{n}.csv" for n in spec]
+    else:
+        raise ConfigError(f"data files spec {spec!r}: expected 'A-B' or a list of names")
+    missing = [n for n in names if not (d / n).is_file()]
+    if missing:
+        raise ConfigError(f"{data_dir}: {len(missing)} of {len(names)} segments of {spec!r} are missing "
+                          f"(first: {missing[0]}); run `make setup` or change data.*_files")
+    return [f"{data_dir.rstrip('/')}/{n}" for n in names]

@@ -1,0 +1,346 @@
+"""Train a PPO steering controller on real segments, export it, and compare it with PID.
+
+    python ppo_training/train.py --config ppo_training/config.yaml [key.sub=value ...]
+    python ppo_training/train.py --resume runs/<run>/checkpoints/checkpoint_000040.pt
+
+Steps (every PPO detail is in this file or the modules it names):
+  1. Rollouts: `env.num_envs` segments replayed in `LateralControlVecEnv` (one simulator
+     call per step for all envs), `train.n_steps` steps each, Gaussian actions from the
+     actor, stored with values and log-probs in the RolloutBuffer.
+  2. GAE(gamma, lambda) advantages and returns (utils/rollout_buffer.py).
+  3. `ppo.n_epochs` epochs of minibatch PPO-Clip updates (policy/ppo_agent.py).
+  4. Observation-normaliser update from the rollout (after the update, so the ratio of
+     the first minibatch is exactly 1).
+Before PPO, an optional behaviour-cloning warm start (`bc.*`) fits the actor to a teacher
+controller (the official PID by default) and the critic to the teacher's returns.
+
+Outputs in runs/<run_name>/: config.yaml, progress.csv and TensorBoard events,
+checkpoints/checkpoint_<update>.pt (resumable), final_model.pt, best_model.pt (lowest
+validation cost), training_stats.npz; the policy is exported to `export.output`, and the
+run ends by printing the exact validation table (PPO vs the baseline).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import tinyphysics as tp  # noqa: E402
+from controllers.ppo import OBS_DIM, OBS_NAMES  # noqa: E402
+from ppo_training.config import ConfigError, load_config, parse_override, select_files, _merge, validate  # noqa: E402
+from ppo_training.environment.lateral_env import LateralControlVecEnv  # noqa: E402
+from ppo_training.eval import comparison_table, evaluate_policy, torch_policy  # noqa: E402
+from ppo_training.policy.actor_critic import ActorCritic  # noqa: E402
+from ppo_training.policy.ppo_agent import PPOAgent, PPOConfig  # noqa: E402
+from ppo_training.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from ppo_training.utils.logger import Logger  # noqa: E402
+from ppo_training.utils.rollout_buffer import RolloutBuffer  # noqa: E402
+
+_IX = {name: i for i, name in enumerate(OBS_NAMES)}
+
+
+def pid_teacher(obs: np.ndarray) -> np.ndarray:
+    """The official PID's action from an observation [N, OBS_DIM] -> [N] (float32 inputs).
+
+    error, its integral since step 20 and its previous value (target[s-1] - lat[s-2]) are
+    all in the observation, so this is the PID up to float32 rounding of the features.
+    """
+    from controllers.pid import D, I, P
+    o = obs.astype(np.float64)
+    err = o[:, _IX["error"]]
+    prev_err = o[:, _IX["prev_target_1"]] - o[:, _IX["prev_lataccel_1"]]
+    return np.clip(P * err + I * o[:, _IX["error_integral"]] + D * (err - prev_err), *tp.STEER_RANGE)
+
+
+TEACHERS = {"pid": pid_teacher}
+
+
+def pid_base_weights() -> list:
+    """The official PID as fixed linear weights on the raw observation [OBS_DIM]:
+    P*error + I*error_integral + D*(error - (prev_target_1 - prev_lataccel_1))."""
+    from controllers.pid import D, I, P
+    w = np.zeros(OBS_DIM)
+    w[_IX["error"]] = P + D
+    w[_IX["error_integral"]] = I
+    w[_IX["prev_target_1"]] = -D
+    w[_IX["prev_lataccel_1"]] = D
+    return w.tolist()
+
+
+BASES = {"none": lambda: None, "pid": pid_base_weights}
+
+
+def behaviour_clone(policy: ActorCritic, envs: LateralControlVecEnv, cfg: dict, gamma: float, logger: Logger):
+    """Collect teacher episodes, fit the obs normaliser, the actor mean and the critic.
+
+    Returns the obs the environments are at afterwards (their episodes go on in PPO)."""
+    bc = cfg["bc"]
+    teacher = TEACHERS[bc["teacher"]]
+    n = envs.num_envs
+    rounds = max(1, -(-bc["episodes"] // n))
+    horizon = max(len(s) for s in envs.segments) - tp.CONTROL_START_IDX
+    obs, _ = envs.reset()
+    buf = RolloutBuffer(rounds * horizon, n, OBS_DIM, 1)
+    teacher_costs = []
+    episode_start = np.ones(n)
+    for _ in range(rounds * horizon):
+        act = teacher(obs)
+        next_obs, rew, term, trunc, infos = envs.step(act[:, None])
+        buf.add(obs, act[:, None], rew, episode_start, np.zeros(n), np.zeros(n))
+        episode_start = (term | trunc).astype(np.float64)
+        if "_episode_cost" in infos:
+            teacher_costs.extend(infos["episode_cost"][infos["_episode_cost"]].tolist())
+        obs = next_obs
+    # Monte-Carlo discounted returns (values 0, lambda 1); unfinished episodes bootstrap 0.
+    buf.compute_returns_and_advantage(np.zeros(n), episode_start, gamma, 1.0)
+    X = torch.from_numpy(buf.observations.reshape(-1, OBS_DIM))
+    A = torch.from_numpy(buf.actions.reshape(-1, 1))
+    R = torch.from_numpy(buf.returns.reshape(-1))
+    policy.update_obs_normalizer(X)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    actor_params = list(policy.actor_mean.parameters())
+    opt = torch.optim.Adam(actor_params, lr=bc["learning_rate"])
+    for epoch in range(bc["epochs"]):
+        perm = torch.randperm(len(X), generator=gen)
+        for i in range(0, len(X), bc["minibatch_size"]):
+            idx = perm[i:i + bc["minibatch_size"]]
+            loss = ((policy.action_mean(X[idx]) - A[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        bc_mse = float(((policy.action_mean(X) - A) ** 2).mean())
+    vopt = torch.optim.Adam(policy.critic.parameters(), lr=bc["learning_rate"])
+    for epoch in range(bc["value_epochs"]):
+        perm = torch.randperm(len(X), generator=gen)
+        for i in range(0, len(X), bc["minibatch_size"]):
+            idx = perm[i:i + bc["minibatch_size"]]
+            vloss = 0.5 * ((policy.get_value(X[idx]) - R[idx]) ** 2).mean()
+            vopt.zero_grad()
+            vloss.backward()
+            vopt.step()
+    logger.record("bc/action_mse", bc_mse)
+    logger.record("bc/teacher_ep_cost_mean", float(np.mean(teacher_costs)) if teacher_costs else float("nan"))
+    print(f"behaviour cloning: {len(X)} samples from {bc['teacher']} "
+          f"(train-episode cost {np.mean(teacher_costs):.2f}), action MSE {bc_mse:.2e}")
+    return obs
+
+
+def make_run_dir(cfg: dict) -> Path:
+    """runs/<run_name>; refuses to reuse a directory that already holds a run."""
+    name = cfg["run_name"] or f"ppo_{_dt.datetime.now():%Y%m%d-%H%M%S}_seed{cfg['seed']}"
+    run_dir = Path(cfg["run_dir"]) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: already holds a run; choose another run_name or --resume a checkpoint")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    cfg["run_name"] = name
+    return run_dir
+
+
+def write_yaml_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def export_policy(policy: ActorCritic, cfg: dict, output: str) -> None:
+    from ppo_training.export_onnx import export
+    export(policy, output, training_config=cfg)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="YAML config (see ppo_training/config.py for every key)")
+    ap.add_argument("--resume", default=None, help="checkpoint_*.pt to continue from (its config is used)")
+    ap.add_argument("--no_export", action="store_true", help="do not write the ONNX policy")
+    ap.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. ppo.learning_rate=1e-4")
+    args = ap.parse_args(argv)
+
+    try:
+        ckpt = None
+        if args.resume:
+            ckpt = load_checkpoint(args.resume)
+            cfg = ckpt["config"]
+            for text in args.overrides:
+                _merge(cfg, parse_override(text), f"override {text!r}")
+            validate(cfg, "resumed config")
+            run_dir = Path(args.resume).resolve().parent.parent
+        else:
+            cfg = load_config(args.config, args.overrides)
+            run_dir = make_run_dir(cfg)
+        train_paths = select_files(cfg["data"]["data_dir"], cfg["data"]["train_files"])
+        val_paths = select_files(cfg["data"]["data_dir"], cfg["data"]["val_files"])
+        model = tp.TinyPhysicsModel(cfg["simulator"]["model_path"], num_threads=cfg["simulator"]["num_threads"])
+        train_segs = [tp.load_segment(p) for p in train_paths]
+        for p in val_paths:
+            tp.load_segment(p)
+    except (ConfigError, CheckpointError, tp.DataError, tp.ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    write_yaml_atomic(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(cfg["torch_threads"])
+    ppo_cfg = PPOConfig.from_dict(cfg["ppo"])
+    tcfg = cfg["train"]
+    num_envs, n_steps = cfg["env"]["num_envs"], tcfg["n_steps"]
+    batch_size = num_envs * n_steps
+    num_updates = max(1, tcfg["total_timesteps"] // batch_size)
+
+    envs = LateralControlVecEnv(model, train_segs, num_envs, reward_scale=cfg["env"]["reward_scale"], seed=cfg["seed"])
+    policy = ActorCritic(OBS_DIM, 1, hidden_sizes=tuple(cfg["policy"]["hidden_sizes"]),
+                         activation=cfg["policy"]["activation"], action_low=tp.STEER_RANGE[0],
+                         action_high=tp.STEER_RANGE[1], init_log_std=cfg["policy"]["init_log_std"],
+                         base_weights=BASES[cfg["policy"]["base"]]())
+    agent = PPOAgent(policy, ppo_cfg, seed=cfg["seed"])
+    buffer = RolloutBuffer(n_steps, num_envs, OBS_DIM, 1)
+    sample_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    logger = Logger(run_dir)
+    stats = {"update": [], "global_step": [], "wall_time": [], "ep_cost_mean": [], "val_cost_mean": [],
+             "approx_kl": [], "clip_fraction": [], "explained_variance": []}
+    start_update, global_step, best_val, elapsed0 = 1, 0, float("inf"), 0.0
+
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        envs.load_state_dict(ckpt["env"])
+        sample_gen.set_state(ckpt["sample_gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        obs, episode_start = ckpt["obs"], ckpt["episode_start"]
+        start_update, global_step = ckpt["update"] + 1, ckpt["global_step"]
+        best_val, stats, elapsed0 = ckpt["best_val"], ckpt["stats"], ckpt["wall_time"]
+        print(f"resumed {args.resume} at update {ckpt['update']} ({global_step} steps)")
+    else:
+        if cfg["bc"]["enabled"]:
+            obs = behaviour_clone(policy, envs, cfg, ppo_cfg.gamma, logger)
+        else:
+            obs, _ = envs.reset()
+            policy.update_obs_normalizer(torch.from_numpy(obs))
+        episode_start = np.ones(num_envs)
+
+    baseline_costs = tp.run_batched(model, val_paths, cfg["eval"]["baseline"])
+    baseline_mean = float(np.mean([c["total_cost"] for c in baseline_costs]))
+
+    def validate_now() -> float:
+        policy.eval()
+        costs = evaluate_policy(model, val_paths, torch_policy(policy))
+        policy.train()
+        return float(np.mean([c["total_cost"] for c in costs]))
+
+    def checkpoint(update: int, path: Path) -> Path:
+        return save_checkpoint({
+            "policy": policy.state_dict(), "policy_config": policy.config, "agent": agent.state_dict(),
+            "env": envs.state_dict(), "obs": obs, "episode_start": episode_start,
+            "sample_gen": sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "update": update, "global_step": global_step, "best_val": best_val, "stats": stats,
+            "wall_time": elapsed0 + time.time() - t_start, "config": cfg}, path)
+
+    from tqdm import tqdm
+    t_start = time.time()
+    bar = tqdm(total=num_updates * batch_size, initial=(start_update - 1) * batch_size, unit="step",
+               dynamic_ncols=True, desc="ppo")
+    ep_costs: list = []
+    val_cost = float("nan")
+    update = start_update - 1
+    try:
+        for update in range(start_update, num_updates + 1):
+            t_rollout = time.time()
+            agent.set_learning_rate(1.0 - (update - 1) / num_updates)
+            # 1. rollout
+            buffer.reset()
+            policy.eval()
+            for _ in range(n_steps):
+                with torch.no_grad():
+                    obs_t = torch.from_numpy(obs)
+                    action, log_prob, _, value = policy.get_action_and_value(obs_t, generator=sample_gen)
+                next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+                buffer.add(obs, action, reward, episode_start, value, log_prob)
+                episode_start = (terminated | truncated).astype(np.float64)
+                obs = next_obs
+                if "_episode_cost" in infos:
+                    ep_costs.extend(infos["episode_cost"][infos["_episode_cost"]].tolist())
+            global_step += batch_size
+            # 2. GAE
+            with torch.no_grad():
+                last_values = policy.get_value(torch.from_numpy(obs))
+            buffer.compute_returns_and_advantage(last_values, episode_start, ppo_cfg.gamma, ppo_cfg.gae_lambda)
+            # 3. PPO update, 4. normaliser update
+            policy.train()
+            t_update = time.time()
+            train_stats = agent.update(buffer)
+            policy.update_obs_normalizer(torch.from_numpy(buffer.observations.reshape(-1, OBS_DIM)))
+            t_end = time.time()
+            bar.update(batch_size)
+
+            # logging, evaluation, checkpoints
+            for k, v in train_stats.items():
+                logger.record(f"train/{k}", v)
+            if ep_costs:
+                logger.record("rollout/ep_cost_mean", float(np.mean(ep_costs)))
+                logger.record("rollout/ep_rew_mean", -cfg["env"]["reward_scale"] * float(np.mean(ep_costs)))
+            logger.record("time/fps", batch_size / (t_end - t_rollout))
+            logger.record("time/rollout_s", t_update - t_rollout)
+            logger.record("time/update_s", t_end - t_update)
+            logger.record("time/total_timesteps", global_step)
+            is_last = update == num_updates
+            if (tcfg["eval_interval"] and update % tcfg["eval_interval"] == 0) or is_last:
+                val_cost = validate_now()
+                logger.record("eval/val_cost_mean", val_cost)
+                logger.record("eval/baseline_cost_mean", baseline_mean)
+                logger.record("eval/ratio_vs_baseline", val_cost / baseline_mean)
+                if val_cost < best_val:
+                    best_val = val_cost
+                    save_checkpoint({"policy": policy.state_dict(), "policy_config": policy.config,
+                                     "update": update, "val_cost": val_cost, "config": cfg}, run_dir / "best_model.pt")
+            stats["update"].append(update)
+            stats["global_step"].append(global_step)
+            stats["wall_time"].append(elapsed0 + time.time() - t_start)
+            stats["ep_cost_mean"].append(float(np.mean(ep_costs)) if ep_costs else float("nan"))
+            stats["val_cost_mean"].append(val_cost)
+            for k in ("approx_kl", "clip_fraction", "explained_variance"):
+                stats[k].append(train_stats[k])
+            bar.set_postfix(ep_cost=f"{stats['ep_cost_mean'][-1]:.1f}", val=f"{val_cost:.1f}",
+                            sps=f"{batch_size / (t_end - t_rollout):.0f}")
+            if tcfg["log_interval"] and update % tcfg["log_interval"] == 0:
+                logger.dump(global_step)
+            ep_costs = []
+            if tcfg["checkpoint_interval"] and update % tcfg["checkpoint_interval"] == 0:
+                checkpoint(update, run_dir / "checkpoints" / f"checkpoint_{update:06d}.pt")
+    except KeyboardInterrupt:
+        bar.close()
+        path = checkpoint(update, run_dir / "checkpoints" / f"checkpoint_{update:06d}_interrupted.pt")
+        print(f"\ninterrupted after update {update}; checkpoint saved to {path}\n"
+              f"continue with: python ppo_training/train.py --resume {path}")
+        return 130
+    bar.close()
+    logger.close()
+
+    checkpoint(num_updates, run_dir / "final_model.pt")
+    np.savez(run_dir / "training_stats.npz", **{k: np.asarray(v) for k, v in stats.items()})
+    if not args.no_export:
+        export_policy(policy, cfg, cfg["export"]["output"])
+        print(f"exported policy: {cfg['export']['output']}")
+
+    policy.eval()
+    final_costs = evaluate_policy(model, val_paths, torch_policy(policy))
+    print(f"\nrun directory: {run_dir}")
+    print(f"validation segments: {cfg['data']['val_files']} ({len(val_paths)}), exact simulator")
+    print(comparison_table(["ppo", cfg["eval"]["baseline"]], [final_costs, baseline_costs]))
+    wins = sum(c["total_cost"] < b["total_cost"] for c, b in zip(final_costs, baseline_costs))
+    print(f"ppo beats {cfg['eval']['baseline']} on {wins}/{len(val_paths)} validation segments; "
+          f"training time {elapsed0 + time.time() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
