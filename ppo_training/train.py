@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     bar = tqdm(total=num_updates * batch_size, initial=(start_update - 1) * batch_size, unit="step",
                dynamic_ncols=True, desc="ppo")
     ep_costs: list = []
-    val_cost = float("nan")
+    val_cost = stats["val_cost_mean"][-1] if stats["val_cost_mean"] else float("nan")
     update = start_update - 1
     try:
         for update in range(start_update, num_updates + 1):
