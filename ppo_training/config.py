@@ -44,14 +44,14 @@ DEFAULTS: dict = {
     "policy": {
         "hidden_sizes": [128, 128],
         "activation": "tanh",
-        "init_log_std": -2.5,
+        "init_log_std": -3.5,
         "base": "pid",             # residual on top of this fixed controller ("pid" or "none")
     },
     "bc": {                        # behaviour-cloning warm start from a teacher controller
         "enabled": True,
         "teacher": "pid",
         "episodes": 64,            # teacher episodes collected (in batches of env.num_envs)
-        "epochs": 30,
+        "epochs": 0,               # actor epochs (0: the residual policy starts at its base)
         "minibatch_size": 1024,
         "learning_rate": 1e-3,
         "value_epochs": 30,        # critic fitted to the teacher's discounted returns

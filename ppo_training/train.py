@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+from collections import deque
 import os
 import sys
 import time
@@ -243,13 +244,14 @@ def main(argv=None) -> int:
             "env": envs.state_dict(), "obs": obs, "episode_start": episode_start,
             "sample_gen": sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
             "update": update, "global_step": global_step, "best_val": best_val, "stats": stats,
+            "ep_costs": list(ep_costs),
             "wall_time": elapsed0 + time.time() - t_start, "config": cfg}, path)
 
     from tqdm import tqdm
     t_start = time.time()
     bar = tqdm(total=num_updates * batch_size, initial=(start_update - 1) * batch_size, unit="step",
                dynamic_ncols=True, desc="ppo")
-    ep_costs: list = []
+    ep_costs: deque = deque(ckpt["ep_costs"] if ckpt is not None else [], maxlen=100)  # SB3: last 100 episodes
     val_cost = stats["val_cost_mean"][-1] if stats["val_cost_mean"] else float("nan")
     update = start_update - 1
     try:
@@ -313,7 +315,6 @@ def main(argv=None) -> int:
                             sps=f"{batch_size / (t_end - t_rollout):.0f}")
             if tcfg["log_interval"] and update % tcfg["log_interval"] == 0:
                 logger.dump(global_step)
-            ep_costs = []
             if tcfg["checkpoint_interval"] and update % tcfg["checkpoint_interval"] == 0:
                 checkpoint(update, run_dir / "checkpoints" / f"checkpoint_{update:06d}.pt")
     except KeyboardInterrupt:
