@@ -393,7 +393,7 @@ class BatchedSimulator:
     draws all rows' uniforms at once (training). Without rngs, exact seeds are used.
 
     History arrays (float64 [N, T_max], index = step): action, lataccel, and the segment
-    columns target/roll/v/a (padded past each segment's end with its last row).
+    columns target/roll/v/a/steer (padded past each segment's end with its last row).
     `t[i]` is the next step row i will simulate; row i is done when t[i] == length[i].
     """
 
@@ -408,6 +408,7 @@ class BatchedSimulator:
         self.roll = np.zeros(shape)
         self.v = np.zeros(shape)
         self.a = np.zeros(shape)
+        self.steer = np.zeros(shape)        # logged steer (sign-flipped), NaN where absent
         self.action = np.zeros(shape)
         self.lataccel = np.zeros(shape)
         self.length = np.zeros(n, dtype=np.int64)
@@ -434,7 +435,7 @@ class BatchedSimulator:
         if T > self.max_len:
             raise ValueError(f"{seg.path}: {T} rows exceed this simulator's max_len {self.max_len}")
         for arr, col in ((self.target, seg.target_lataccel), (self.roll, seg.roll_lataccel),
-                         (self.v, seg.v_ego), (self.a, seg.a_ego)):
+                         (self.v, seg.v_ego), (self.a, seg.a_ego), (self.steer, seg.steer_command)):
             arr[i, :T] = col
             arr[i, T:] = col[-1]
         self.action[i] = 0.0
@@ -485,9 +486,8 @@ class BatchedSimulator:
         if len(rows) == 0:
             return rows
         s = self.t[rows]
-        logged = self.segment_steer(rows, s)
         warm = s < CONTROL_START_IDX
-        act = np.where(warm, logged, np.asarray(actions, dtype=np.float64)[rows])
+        act = np.where(warm, self.steer[rows, s], np.asarray(actions, dtype=np.float64)[rows])
         self.action[rows, s] = np.clip(act, STEER_RANGE[0], STEER_RANGE[1])
         u = self._uniforms(rows)
         new = self.target[rows, s].copy()
@@ -502,14 +502,6 @@ class BatchedSimulator:
         self.lataccel[rows, s] = new
         self.t[rows] += 1
         return rows
-
-    def segment_steer(self, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """Logged (sign-flipped) steer of rows at steps; NaN where the log has none."""
-        out = np.full(len(rows), np.nan)
-        for k, (i, s) in enumerate(zip(rows, steps)):
-            if s < CONTROL_START_IDX:
-                out[k] = self.segments[i].steer_command[s]
-        return out
 
     def costs(self) -> List[dict]:
         """Per-row challenge costs (rows must have simulated past COST_END_IDX - 1)."""

@@ -133,7 +133,7 @@ class LateralControlVecEnv(VectorEnv):
                                  prev_act, s)
 
     # -- resumable state ------------------------------------------------------------------
-    _SIM_ARRAYS = ("target", "roll", "v", "a", "action", "lataccel", "length", "t")
+    _SIM_ARRAYS = ("target", "roll", "v", "a", "steer", "action", "lataccel", "length", "t")
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically (training mode, shared RNG)."""
