@@ -110,9 +110,16 @@ def main(argv=None) -> int:
     print(f"ppo beats {args.baseline} on {wins}/{len(paths)} segments")
     print(tp.summary_line(costs))
     if args.report:
+        import pandas as pd
+
         import eval as challenge_eval
-        challenge_eval.write_report_from_results(args.report, "ppo", args.baseline, names, costs, base, hist,
-                                                 base_hist)
+        rows = [{"segment": n, "controller": ctrl, "role": role, **c}
+                for role, ctrl, res in (("test", "ppo", costs), ("baseline", args.baseline, base))
+                for n, c in zip(names, res)]
+        html = challenge_eval.create_report(pd.DataFrame(rows), {"test": hist, "baseline": base_hist},
+                                            "ppo", args.baseline)
+        challenge_eval.write_report(args.report, html)
+        print(f"Report saved to: {args.report}")
     return 0
 
 
