@@ -66,3 +66,20 @@ def test_batched_rows_equal_single_row_model_calls(model):
     batch = model.logits(states, tokens)
     single = np.concatenate([model.logits(states[i:i + 1], tokens[i:i + 1]) for i in range(37)])
     assert np.array_equal(batch, single)
+
+
+def test_pruned_graph_gives_the_official_graphs_logits(model, model_path):
+    """The default engine runs the graph pruned to the last position; it must not change a bit."""
+    official = tp.TinyPhysicsModel(model_path, prune=False)
+    assert model.pruned and not official.pruned
+    rng = np.random.default_rng(2)
+    for n in (1, 3, 64):
+        states = rng.normal(size=(n, 20, 4)).astype(np.float32)
+        tokens = rng.integers(0, 1024, size=(n, 20)).astype(np.int64)
+        assert np.array_equal(model.logits(states, tokens), official.logits(states, tokens))
+
+
+def test_official_graph_single_segment_matches_golden(model_path, golden):
+    official = tp.TinyPhysicsModel(model_path, prune=False)
+    cost = tp.TinyPhysicsSimulator(official, "data/00003.csv", pid.Controller()).rollout()
+    _assert_matches(["00003.csv"], [cost], golden["costs"]["pid"])
