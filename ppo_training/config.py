@@ -183,6 +183,10 @@ def select_files(data_dir: str, spec) -> list:
         names = [n if str(n).endswith(".csv") else f"{n}.csv" for n in spec]
     else:
         raise ConfigError(f"data files spec {spec!r}: expected 'A-B' or a list of names")
+    if not d.is_dir():
+        raise ConfigError(f"data.data_dir {data_dir}: no such directory; run `make setup` or set data.data_dir")
+    if not any(d.glob("*.csv")):
+        raise ConfigError(f"data.data_dir {data_dir}: holds no .csv segments; run `make setup` or set data.data_dir")
     missing = [n for n in names if not (d / n).is_file()]
     if missing:
         raise ConfigError(f"{data_dir}: {len(missing)} of {len(names)} segments of {spec!r} are missing "

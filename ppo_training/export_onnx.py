@@ -108,6 +108,9 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {args.output}: cannot write the policy ({e.strerror or e})", file=sys.stderr)
+        return 2
     print(f"exported {args.model_path} -> {args.output} (max |onnx - torch| = {err:.1e})")
     return 0
 

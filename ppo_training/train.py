@@ -22,6 +22,7 @@ run ends by printing the exact validation table (PPO vs the baseline).
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as _dt
 from collections import deque
 import os
@@ -142,11 +143,53 @@ def make_run_dir(cfg: dict) -> Path:
     """runs/<run_name>; refuses to reuse a directory that already holds a run."""
     name = cfg["run_name"] or f"ppo_{_dt.datetime.now():%Y%m%d-%H%M%S}_seed{cfg['seed']}"
     run_dir = Path(cfg["run_dir"]) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: already holds a run; choose another run_name or --resume a checkpoint")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot create the run directory ({_os_problem(e)})") from None
     cfg["run_name"] = name
     return run_dir
+
+
+def _os_problem(e: OSError) -> str:
+    """'Not a directory: /x/file' for an OSError, naming the file it is about."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what
+
+
+def check_output_path(path: str, key: str) -> None:
+    """Fail before training when `path` can never be written: its nearest existing
+    ancestor is not a directory (e.g. export.output = 'some_file/policy.onnx')."""
+    parent = Path(path).resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key} {path}: cannot be written, {parent} is not a directory")
+
+
+def prepare_resume(run_dir: Path, global_step: int) -> None:
+    """Undo what a killed run wrote after its checkpoint: temp files of an interrupted
+    atomic write, and progress.csv rows past `global_step` (a torn last row included),
+    so that the resumed run's progress.csv is the one of an uninterrupted run."""
+    for pattern in ("checkpoints/.*.tmp", ".*.tmp", "*.yaml.tmp"):
+        for tmp in run_dir.glob(pattern):
+            tmp.unlink()
+    progress = run_dir / "progress.csv"
+    if not progress.is_file():
+        return
+    with open(progress, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    keep = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= global_step]
+    if len(keep) != len(body):
+        tmp = progress.with_name(progress.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([header] + keep)
+        os.replace(tmp, progress)
 
 
 def write_yaml_atomic(obj, path: Path) -> None:
@@ -176,16 +219,23 @@ def main(argv=None) -> int:
             for text in args.overrides:
                 _merge(cfg, parse_override(text), f"override {text!r}")
             validate(cfg, "resumed config")
-            run_dir = Path(args.resume).resolve().parent.parent
         else:
             cfg = load_config(args.config, args.overrides)
-            run_dir = make_run_dir(cfg)
+        # Inputs are checked before the run directory is created: a run that cannot start
+        # leaves nothing behind (an empty run dir would block a retry with the same name).
         train_paths = select_files(cfg["data"]["data_dir"], cfg["data"]["train_files"])
         val_paths = select_files(cfg["data"]["data_dir"], cfg["data"]["val_files"])
         model = tp.TinyPhysicsModel(cfg["simulator"]["model_path"], num_threads=cfg["simulator"]["num_threads"])
         train_segs = [tp.load_segment(p) for p in train_paths]
         for p in val_paths:
             tp.load_segment(p)
+        if not args.no_export:
+            check_output_path(cfg["export"]["output"], "export.output")
+        if ckpt is not None:
+            run_dir = Path(args.resume).resolve().parent.parent
+            prepare_resume(run_dir, ckpt["global_step"])
+        else:
+            run_dir = make_run_dir(cfg)
     except (ConfigError, CheckpointError, tp.DataError, tp.ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -254,6 +304,7 @@ def main(argv=None) -> int:
     ep_costs: deque = deque(ckpt["ep_costs"] if ckpt is not None else [], maxlen=100)  # SB3: last 100 episodes
     val_cost = stats["val_cost_mean"][-1] if stats["val_cost_mean"] else float("nan")
     update = start_update - 1
+    completed, completed_step = start_update - 1, global_step   # the last update whose results are in `stats`
     try:
         for update in range(start_update, num_updates + 1):
             t_rollout = time.time()
@@ -311,6 +362,7 @@ def main(argv=None) -> int:
             stats["val_cost_mean"].append(val_cost)
             for k in ("approx_kl", "clip_fraction", "explained_variance"):
                 stats[k].append(train_stats[k])
+            completed, completed_step = update, global_step
             bar.set_postfix(ep_cost=f"{stats['ep_cost_mean'][-1]:.1f}", val=f"{val_cost:.1f}",
                             sps=f"{batch_size / (t_end - t_rollout):.0f}")
             if tcfg["log_interval"] and update % tcfg["log_interval"] == 0:
@@ -318,15 +370,27 @@ def main(argv=None) -> int:
             if tcfg["checkpoint_interval"] and update % tcfg["checkpoint_interval"] == 0:
                 checkpoint(update, run_dir / "checkpoints" / f"checkpoint_{update:06d}.pt")
     except KeyboardInterrupt:
+        # Labelled with the last finished update: an update cut short is redone on resume
+        # (from the environments' current state; Ctrl-C is not a bit-exact resume point).
         bar.close()
-        path = checkpoint(update, run_dir / "checkpoints" / f"checkpoint_{update:06d}_interrupted.pt")
-        print(f"\ninterrupted after update {update}; checkpoint saved to {path}\n"
+        global_step = completed_step
+        path = checkpoint(completed, run_dir / "checkpoints" / f"checkpoint_{completed:06d}_interrupted.pt")
+        print(f"\ninterrupted after update {completed}; checkpoint saved to {path}\n"
               f"continue with: python ppo_training/train.py --resume {path}")
         return 130
+    except CheckpointError as e:   # e.g. a full disk: the earlier checkpoints are intact
+        bar.close()
+        logger.close()
+        print(f"error: {e}\ntraining stopped after update {completed}", file=sys.stderr)
+        return 2
     bar.close()
     logger.close()
 
-    checkpoint(num_updates, run_dir / "final_model.pt")
+    try:
+        checkpoint(num_updates, run_dir / "final_model.pt")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     np.savez(run_dir / "training_stats.npz", **{k: np.asarray(v) for k, v in stats.items()})
     if not args.no_export:
         export_policy(policy, cfg, cfg["export"]["output"])

@@ -34,13 +34,24 @@ def save_checkpoint(obj: Any, path) -> Path:
         finally:
             os.close(dir_fd)
     except OSError as e:
-        raise CheckpointError(f"{path}: could not write checkpoint ({e.strerror or e})") from None
+        raise CheckpointError(f"{path}: could not write checkpoint ({_problem(path, e)})") from None
     finally:
         if fd is not None:
             os.close(fd)
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _problem(path: Path, e: OSError) -> str:
+    """What went wrong, in words: 'No space left on device', '/x/f is not a directory'."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename and str(e.filename) != str(path) else what
 
 
 def load_checkpoint(path) -> dict:
