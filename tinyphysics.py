@@ -326,6 +326,10 @@ class TinyPhysicsModel:
         """Next-lataccel distribution, float32 [N, 1024]."""
         return self.softmax(self.logits(states, tokens))
 
+    def sample(self, states: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Sampled next tokens int64 [N] for uniforms u [N] (see sample_tokens)."""
+        return sample_tokens(self.probs(states, tokens), u)
+
 
 def sample_tokens(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-cdf sampling exactly as legacy `np.random.choice(1024, p=probs)`.
@@ -540,8 +544,7 @@ class BatchedSimulator:
         if ctrl.any():
             cr, cs = rows[ctrl], s[ctrl]
             states, tokens = build_model_inputs(self.action, self.roll, self.v, self.a, self.lataccel, cr, cs)
-            probs = self.model.probs(states, tokens)
-            pred = TOKENIZER.decode(sample_tokens(probs, u[ctrl]))
+            pred = TOKENIZER.decode(self.model.sample(states, tokens, u[ctrl]))
             cur = self.lataccel[cr, cs - 1]
             new[ctrl] = np.clip(pred, cur - MAX_ACC_DELTA, cur + MAX_ACC_DELTA)
         self.lataccel[rows, s] = new
@@ -632,14 +635,18 @@ def write_costs_csv(path: Union[str, os.PathLike], names: Iterable[str], costs: 
     """Per-segment costs at full precision (repr of floats), written atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "lataccel_cost", "jerk_cost", "total_cost"])
-        for name, c in zip(names, costs):
-            w.writerow([name, repr(c["lataccel_cost"]), repr(c["jerk_cost"]), repr(c["total_cost"])])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "lataccel_cost", "jerk_cost", "total_cost"])
+            for name, c in zip(names, costs):
+                w.writerow([name, repr(c["lataccel_cost"]), repr(c["jerk_cost"]), repr(c["total_cost"])])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def summary_line(costs: Sequence[dict]) -> str:
@@ -697,7 +704,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.costs_csv:
-        write_costs_csv(args.costs_csv, [Path(p).name for p in paths], costs)
+        try:
+            write_costs_csv(args.costs_csv, [Path(p).name for p in paths], costs)
+        except OSError as e:
+            print(f"error: {args.costs_csv}: cannot write costs ({e.strerror or e})", file=sys.stderr)
+            return 2
     print(f"\n{summary_line(costs)}")
     return 0
 

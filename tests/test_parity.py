@@ -83,3 +83,13 @@ def test_official_graph_single_segment_matches_golden(model_path, golden):
     official = tp.TinyPhysicsModel(model_path, prune=False)
     cost = tp.TinyPhysicsSimulator(official, "data/00003.csv", pid.Controller()).rollout()
     _assert_matches(["00003.csv"], [cost], golden["costs"]["pid"])
+
+
+def test_fast_exact_engine_matches_golden_on_every_segment(model_path, segment_paths, golden):
+    """torch fp32 logits with onnxruntime fallback near bin edges: exact costs, rare fallback."""
+    import tinyphysics_torch as tt
+    engine = tt.make_model("torch_exact", model_path)
+    paths = [p for p in segment_paths if p.split("/")[-1] in golden["costs"]["pid"]]
+    costs = tp.run_batched(engine, paths, "pid")
+    _assert_matches(paths, costs, golden["costs"]["pid"])
+    assert 0 < engine.fallback_rate < 0.05, engine.fallback_rate
