@@ -27,7 +27,9 @@ DEFAULTS: dict = {
     },
     "simulator": {
         "model_path": "models/tinyphysics.onnx",
-        "num_threads": 1,          # onnxruntime intra-op threads
+        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_bf16
+        "eval_backend": "onnx",    # validation (exact engines only): onnx | torch_exact
+        "num_threads": 1,          # onnxruntime intra-op threads / torch worker threads
     },
     "env": {
         "num_envs": 32,
@@ -125,6 +127,10 @@ def validate(cfg: dict, source: str) -> None:
          "env.reward_scale", "must be > 0")
     need(is_int(cfg["simulator"]["num_threads"]) and cfg["simulator"]["num_threads"] >= 1,
          "simulator.num_threads", "must be an integer >= 1")
+    need(cfg["simulator"]["backend"] in ("onnx", "torch_exact", "torch_fp32", "torch_bf16"), "simulator.backend",
+         "must be one of onnx, torch_exact, torch_fp32, torch_bf16")
+    need(cfg["simulator"]["eval_backend"] in ("onnx", "torch_exact"), "simulator.eval_backend",
+         "must be an exact engine: onnx or torch_exact")
     t = cfg["train"]
     need(is_int(t["total_timesteps"]) and t["total_timesteps"] >= 1, "train.total_timesteps", "must be >= 1")
     need(is_int(t["n_steps"]) and t["n_steps"] >= 1, "train.n_steps", "must be >= 1")

@@ -48,6 +48,7 @@ from ppo_training.policy.ppo_agent import PPOAgent, PPOConfig  # noqa: E402
 from ppo_training.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from ppo_training.utils.logger import Logger  # noqa: E402
 from ppo_training.utils.rollout_buffer import RolloutBuffer  # noqa: E402
+from tinyphysics_torch import make_model  # noqa: E402
 
 _IX = {name: i for i, name in enumerate(OBS_NAMES)}
 
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", default=None, help="checkpoint_*.pt to continue from (its config is used)")
     ap.add_argument("--no_export", action="store_true", help="do not write the ONNX policy")
     ap.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. ppo.learning_rate=1e-4")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may stand before or after the options
 
     try:
         ckpt = None
@@ -225,7 +226,11 @@ def main(argv=None) -> int:
         # leaves nothing behind (an empty run dir would block a retry with the same name).
         train_paths = select_files(cfg["data"]["data_dir"], cfg["data"]["train_files"])
         val_paths = select_files(cfg["data"]["data_dir"], cfg["data"]["val_files"])
-        model = tp.TinyPhysicsModel(cfg["simulator"]["model_path"], num_threads=cfg["simulator"]["num_threads"])
+        sim_cfg = cfg["simulator"]
+        # Exact engine for validation and the final table; the training backend may be approximate.
+        model = make_model(sim_cfg["eval_backend"], sim_cfg["model_path"], num_threads=sim_cfg["num_threads"])
+        train_model = (model if sim_cfg["backend"] == sim_cfg["eval_backend"] else
+                       make_model(sim_cfg["backend"], sim_cfg["model_path"], num_threads=sim_cfg["num_threads"]))
         train_segs = [tp.load_segment(p) for p in train_paths]
         for p in val_paths:
             tp.load_segment(p)
@@ -249,7 +254,7 @@ def main(argv=None) -> int:
     batch_size = num_envs * n_steps
     num_updates = max(1, tcfg["total_timesteps"] // batch_size)
 
-    envs = LateralControlVecEnv(model, train_segs, num_envs, reward_scale=cfg["env"]["reward_scale"], seed=cfg["seed"])
+    envs = LateralControlVecEnv(train_model, train_segs, num_envs, reward_scale=cfg["env"]["reward_scale"], seed=cfg["seed"])
     policy = ActorCritic(OBS_DIM, 1, hidden_sizes=tuple(cfg["policy"]["hidden_sizes"]),
                          activation=cfg["policy"]["activation"], action_low=tp.STEER_RANGE[0],
                          action_high=tp.STEER_RANGE[1], init_log_std=cfg["policy"]["init_log_std"],

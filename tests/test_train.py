@@ -98,3 +98,14 @@ def test_bad_config_file_names_the_file_and_key(tmp_path, capsys):
 def test_missing_segments_are_reported(tmp_path, capsys, model_path):
     assert train.main([f"run_dir={tmp_path}", "data.train_files=19990-19999"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_approximate_training_backend_still_validates_exactly(tiny_config, tmp_path, capsys, model, segment_paths):
+    """simulator.backend=torch_bf16 trains on the fast engine; the table uses the exact one."""
+    assert train.main(["--config", str(tiny_config), "run_name=bf16", "--no_export",
+                       "simulator.backend=torch_bf16", "simulator.num_threads=2"]) == 0
+    out = capsys.readouterr().out
+    import tinyphysics as tp
+    pid = np.mean([c["total_cost"] for c in tp.run_batched(model, ["data/00080.csv", "data/00081.csv"], "pid")])
+    pid_row = [line for line in out.splitlines() if line.startswith("pid ")][0]
+    assert f"{pid:.4f}" in pid_row
