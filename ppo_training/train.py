@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     agent = PPOAgent(policy, ppo_cfg, seed=cfg["seed"])
     buffer = RolloutBuffer(n_steps, num_envs, OBS_DIM, 1)
     sample_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    logger = Logger(run_dir)
+    logger = Logger(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt is not None else None)
     stats = {"update": [], "global_step": [], "wall_time": [], "ep_cost_mean": [], "val_cost_mean": [],
              "approx_kl": [], "clip_fraction": [], "explained_variance": []}
     start_update, global_step, best_val, elapsed0 = 1, 0, float("inf"), 0.0
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
             "env": envs.state_dict(), "obs": obs, "episode_start": episode_start,
             "sample_gen": sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
             "update": update, "global_step": global_step, "best_val": best_val, "stats": stats,
-            "ep_costs": list(ep_costs),
+            "ep_costs": list(ep_costs), "ep_lens": list(ep_lens),
             "wall_time": elapsed0 + time.time() - t_start, "config": cfg}, path)
 
     from tqdm import tqdm
@@ -307,6 +307,7 @@ def main(argv=None) -> int:
     bar = tqdm(total=num_updates * batch_size, initial=(start_update - 1) * batch_size, unit="step",
                dynamic_ncols=True, desc="ppo")
     ep_costs: deque = deque(ckpt["ep_costs"] if ckpt is not None else [], maxlen=100)  # SB3: last 100 episodes
+    ep_lens: deque = deque(ckpt.get("ep_lens", []) if ckpt is not None else [], maxlen=100)
     val_cost = stats["val_cost_mean"][-1] if stats["val_cost_mean"] else float("nan")
     update = start_update - 1
     completed, completed_step = start_update - 1, global_step   # the last update whose results are in `stats`
@@ -327,6 +328,7 @@ def main(argv=None) -> int:
                 obs = next_obs
                 if "_episode_cost" in infos:
                     ep_costs.extend(infos["episode_cost"][infos["_episode_cost"]].tolist())
+                    ep_lens.extend(infos["episode_len"][infos["_episode_len"]].tolist())
             global_step += batch_size
             # 2. GAE
             with torch.no_grad():
@@ -341,11 +343,16 @@ def main(argv=None) -> int:
             bar.update(batch_size)
 
             # logging, evaluation, checkpoints
+            # TensorBoard names as in Stable-Baselines3
             for k, v in train_stats.items():
-                logger.record(f"train/{k}", v)
+                name = {"policy_loss": "policy_gradient_loss", "n_epochs_done": "n_epochs"}.get(k, k)
+                if k == "entropy":
+                    name, v = "entropy_loss", -v
+                logger.record(f"train/{name}", v)
             if ep_costs:
                 logger.record("rollout/ep_cost_mean", float(np.mean(ep_costs)))
                 logger.record("rollout/ep_rew_mean", -cfg["env"]["reward_scale"] * float(np.mean(ep_costs)))
+                logger.record("rollout/ep_len_mean", float(np.mean(ep_lens)))
             logger.record("time/fps", batch_size / (t_end - t_rollout))
             logger.record("time/rollout_s", t_update - t_rollout)
             logger.record("time/update_s", t_end - t_update)

@@ -109,3 +109,17 @@ def test_approximate_training_backend_still_validates_exactly(tiny_config, tmp_p
     pid = np.mean([c["total_cost"] for c in tp.run_batched(model, ["data/00080.csv", "data/00081.csv"], "pid")])
     pid_row = [line for line in out.splitlines() if line.startswith("pid ")][0]
     assert f"{pid:.4f}" in pid_row
+
+
+def test_tensorboard_scalars_use_stable_baselines3_names(tiny_config, tmp_path):
+    assert train.main(["--config", str(tiny_config), "run_name=tb", "--no_export", "train.total_timesteps=2400",
+                       "train.checkpoint_interval=0", "train.eval_interval=0"]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "runs" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("rollout/ep_cost_mean", "rollout/ep_len_mean", "train/approx_kl", "train/clip_fraction",
+                "train/policy_gradient_loss", "train/value_loss", "train/entropy_loss",
+                "train/explained_variance", "time/fps", "eval/val_cost_mean"):
+        assert tag in tags, tag
+    assert [e.value for e in acc.Scalars("rollout/ep_len_mean")][-1] > 400

@@ -58,7 +58,8 @@ class LateralControlVecEnv(VectorEnv):
     order (used for exact evaluation). Autoreset is SAME_STEP: a finished sub-env's
     returned observation is already the next episode's first one, and the last
     observation of the finished episode is in infos['final_obs'] (mask infos['_final_obs']).
-    infos['episode_cost'] / '_episode_cost' carry the finished episodes' total_cost.
+    infos['episode_cost'] / '_episode_cost' carry the finished episodes' total_cost, and
+    infos['episode_len'] their number of steps.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
@@ -201,6 +202,7 @@ class LateralControlVecEnv(VectorEnv):
             mask[done] = True
             infos = {"final_obs": final_obs, "_final_obs": mask,
                      "episode_cost": self.episode_cost.copy(), "_episode_cost": mask,
+                     "episode_len": self.episode_len.copy(), "_episode_len": mask,
                      "episode_segment": np.array(self.episode_segment, dtype=object), "_episode_segment": mask}
             for i in done:
                 self._start_episode(i)

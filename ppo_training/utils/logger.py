@@ -47,11 +47,14 @@ class Logger:
         run_dir: output directory (created if missing).
         use_tensorboard: write TensorBoard event files via
             ``torch.utils.tensorboard.SummaryWriter(run_dir)``.
+        purge_step: on resume, the first step not yet covered by the checkpoint;
+            TensorBoard hides events at or after it that an interrupted run wrote.
 
     Usable as a context manager (``close`` on exit).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, use_tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike, use_tensorboard: bool = True,
+                 purge_step: int | None = None) -> None:
         self.run_dir = os.fspath(run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         self.csv_path = os.path.join(self.run_dir, CSV_NAME)
@@ -59,7 +62,7 @@ class Logger:
         if use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(self.run_dir)
+            self.writer = SummaryWriter(self.run_dir, purge_step=purge_step)
         self._values: dict[str, float] = {}
         self._mean_sums: dict[str, float] = {}
         self._mean_counts: dict[str, int] = {}
