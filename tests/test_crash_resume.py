@@ -109,7 +109,11 @@ def update_of(ckpt: Path) -> int:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, capsys):
     run = tmp_path / "runs" / "killed"
     log = tmp_path / "killed.log"
-    proc = start_training(["--config", str(tiny_config), "run_name=killed", "--no_export"], log)
+    # The killed run is long (so the kill lands mid-training however loaded the machine is)
+    # and is resumed with the reference's length; without lr annealing the length of a run
+    # does not change its updates.
+    proc = start_training(["--config", str(tiny_config), "run_name=killed", "--no_export", "ppo.anneal_lr=false",
+                           f"train.total_timesteps={200 * BATCH}"], log)
     wait_for(run / "checkpoints" / "checkpoint_000003.pt", proc, log)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -129,12 +133,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path,
     with open(run / "progress.csv", "a") as f:
         f.write(f"{resume_step + BATCH},0.12")
 
-    out = run_to_end(["--resume", str(latest), "--no_export"], tmp_path / "resumed.log")
+    out = run_to_end(["--resume", str(latest), "--no_export", f"train.total_timesteps={NUM_UPDATES * BATCH}"],
+                     tmp_path / "resumed.log")
     assert f"resumed {latest}" in out
     assert temp_files(run) == []
 
     # The uninterrupted reference: same config, same seed, in this process.
-    assert train.main(["--config", str(tiny_config), "run_name=reference", "--no_export"]) == 0
+    assert train.main(["--config", str(tiny_config), "run_name=reference", "--no_export", "ppo.anneal_lr=false"]) == 0
     capsys.readouterr()
     ref = tmp_path / "runs" / "reference"
 
@@ -166,7 +171,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path,
 def test_ctrl_c_writes_a_checkpoint_that_resumes_to_completion(tiny_config, tmp_path):
     run = tmp_path / "runs" / "ctrlc"
     log = tmp_path / "ctrlc.log"
-    proc = start_training(["--config", str(tiny_config), "run_name=ctrlc", "--no_export"], log)
+    # A long run, so that Ctrl-C always lands mid-training however loaded the machine is.
+    proc = start_training(["--config", str(tiny_config), "run_name=ctrlc", "--no_export",
+                           f"train.total_timesteps={200 * BATCH}"], log)
     wait_for(run / "checkpoints" / "checkpoint_000002.pt", proc, log)
     proc.send_signal(signal.SIGINT)
     rc = proc.wait(timeout=60)
@@ -187,12 +194,14 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_to_completion(tiny_config, tmp_
     assert ckpt["stats"]["update"] == list(range(1, done + 1))
     assert not (run / "final_model.pt").exists()
 
-    out = run_to_end(["--resume", str(saved), "--no_export"], tmp_path / "ctrlc_resumed.log")
+    end = done + 3  # resume, shortened to three more updates
+    out = run_to_end(["--resume", str(saved), "--no_export", f"train.total_timesteps={end * BATCH}"],
+                     tmp_path / "ctrlc_resumed.log")
     assert f"resumed {saved} at update {done}" in out
     final = torch.load(run / "final_model.pt", weights_only=False)
-    assert final["update"] == NUM_UPDATES and final["global_step"] == NUM_UPDATES * BATCH
+    assert final["update"] == end and final["global_step"] == end * BATCH
     stats = np.load(run / "training_stats.npz")
-    assert list(stats["update"]) == list(range(1, NUM_UPDATES + 1)), "no update is skipped or repeated"
+    assert list(stats["update"]) == list(range(1, end + 1)), "no update is skipped or repeated"
     assert np.isfinite(stats["val_cost_mean"][-1])
     steps = [int(r["step"]) for r in progress_rows(run / "progress.csv")]
     assert steps == sorted(set(steps)), "progress.csv has no repeated steps"

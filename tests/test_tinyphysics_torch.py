@@ -33,11 +33,11 @@ def real_inputs(model, segment_paths):
     class Capture:
         calls = 0
 
-        def probs(self, states, tokens):
+        def sample(self, states, tokens, u):
             Capture.calls += 1
             if Capture.calls % 10 == 0:
                 captured.append((states.copy(), tokens.copy()))
-            return model.probs(states, tokens)
+            return model.sample(states, tokens, u)
 
     segs = [tp.load_segment(p) for p in segment_paths[:16]]
     sim = tp.BatchedSimulator(Capture(), segs)
