@@ -63,3 +63,17 @@ def golden():
     path = _golden_path()
     _require(path, "golden costs")
     return json.loads(path.read_text())
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a training config (dict) to tmp_path/tiny.yaml with run_dir and export output
+    inside tmp_path; returns the file's path."""
+    import yaml
+
+    def write(cfg: dict) -> Path:
+        full = dict(cfg, run_dir=str(tmp_path / "runs"), export={"output": str(tmp_path / "ppo_policy.onnx")})
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(full))
+        return path
+    return write

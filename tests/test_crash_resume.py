@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from ppo_training import train
 
@@ -37,11 +36,8 @@ TINY = {
 
 
 @pytest.fixture
-def tiny_config(tmp_path, model_path, segment_paths):
-    cfg = dict(TINY, run_dir=str(tmp_path / "runs"), export={"output": str(tmp_path / "ppo_policy.onnx")})
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def tiny_config(write_config, model_path, segment_paths):
+    return write_config(TINY)
 
 
 _STARTED: list = []

@@ -17,18 +17,10 @@ from ppo_training.policy.actor_critic import ActorCritic, RunningMeanStd
 from ppo_training.policy.ppo_agent import PPOAgent, PPOConfig, explained_variance
 from ppo_training.utils.logger import Logger
 from ppo_training.utils.rollout_buffer import RolloutBuffer
+from ppo_training.policy.ppo_agent import UPDATE_STAT_KEYS
 
-STAT_KEYS = {
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "clip_fraction",
-    "approx_kl",
-    "explained_variance",
-    "learning_rate",
-    "n_epochs_done",
-    "std",
-}
+STAT_KEYS = set(UPDATE_STAT_KEYS)
+assert {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "explained_variance"} <= STAT_KEYS
 
 
 @pytest.fixture(autouse=True)

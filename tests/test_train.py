@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from ppo_training import train
 from ppo_training.config import ConfigError, load_config
@@ -21,11 +20,8 @@ TINY = {
 
 
 @pytest.fixture
-def tiny_config(tmp_path, model_path, segment_paths):
-    cfg = dict(TINY, run_dir=str(tmp_path / "runs"), export={"output": str(tmp_path / "ppo_policy.onnx")})
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def tiny_config(write_config, model_path, segment_paths):
+    return write_config(TINY)
 
 
 def test_tiny_run_trains_exports_and_prints_the_table(tiny_config, tmp_path, capsys):
