@@ -86,6 +86,7 @@ def export(policy: ActorCritic, output, training_config: dict | None = None, ops
             raise ValueError(f"{output}: ONNX and torch disagree by {err:.2e} > {TOLERANCE}")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the policy is meant to be shared
         os.replace(tmp, output)
         tmp = None
         return err
