@@ -210,12 +210,13 @@ def load_segment(path: Union[str, os.PathLike]) -> Segment:
 def list_segments(data_path: Union[str, os.PathLike], num_segs: Optional[int] = None) -> List[str]:
     """Path strings of the first num_segs CSVs of a directory in sorted order, or [file].
 
-    The strings keep the form the user gave (e.g. 'data/00000.csv'), which seeds the RNG.
+    The strings are what the official CLI seeds with: str(Path(...)), so './data/00000.csv'
+    and 'data/00000.csv' both give 'data/00000.csv'.
     Raises DataError when the path does not exist or the directory holds no CSV.
     """
     p = Path(data_path)
     if p.is_file():
-        return [str(data_path)]
+        return [str(p)]
     if not p.is_dir():
         raise DataError(f"{data_path}: no such file or directory")
     files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix == ".csv")
@@ -693,10 +694,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model = TinyPhysicsModel(args.model_path, debug=args.debug)
         paths = list_segments(args.data_path, args.num_segs)
         if Path(args.data_path).is_file():
-            sim = TinyPhysicsSimulator(model, args.data_path, load_controller_module(args.controller).Controller())
+            sim = TinyPhysicsSimulator(model, paths[0], load_controller_module(args.controller).Controller())
             costs = [sim.rollout()]
             if args.debug:
-                print("plot:", plot_rollout(args.data_path, np.array(sim.target_lataccel_history),
+                print("plot:", plot_rollout(paths[0], np.array(sim.target_lataccel_history),
                                             np.array(sim.current_lataccel_history), np.array(sim.action_history)))
         else:
             costs = run_batched(model, paths, args.controller, batch_size=args.batch_size, progress=True)

@@ -178,7 +178,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> di
 
 
 def select_files(data_dir: str, spec) -> list:
-    """Segment path strings 'data_dir/NNNNN.csv' for a spec: 'A-B' (inclusive stem range),
+    """Segment path strings str(Path(data_dir) / 'NNNNN.csv') for a spec: 'A-B' (inclusive stem range),
     or a list of names/stems. Raises ConfigError when the directory has no match."""
     d = Path(data_dir)
     if isinstance(spec, str) and "-" in spec:
@@ -197,4 +197,4 @@ def select_files(data_dir: str, spec) -> list:
     if missing:
         raise ConfigError(f"{data_dir}: {len(missing)} of {len(names)} segments of {spec!r} are missing "
                           f"(first: {missing[0]}); run `make setup` or change data.*_files")
-    return [f"{data_dir.rstrip('/')}/{n}" for n in names]
+    return [str(d / n) for n in names]  # str(Path): the official harness's seed strings

@@ -36,6 +36,14 @@ def test_single_file_run_with_debug_plot(tmp_path, golden, capsys, model_path, m
     assert (tmp_path / "rollout_00007.png").stat().st_size > 10_000
 
 
+def test_cli_seeds_with_the_normalised_path_like_the_official_harness(golden, capsys, model_path):
+    """The official CLI seeds with str(Path(data_path)): './data/00004.csv' -> 'data/00004.csv'."""
+    assert tp.main(["--model_path", str(model_path), "--data_path", "./data/00004.csv", "--controller", "pid"]) == 0
+    ref = golden["costs"]["pid"]["00004.csv"]["total_cost"]
+    assert f"average total_cost: {ref:>6.4}" in capsys.readouterr().out
+    assert tp.list_segments("./data", 2) == ["data/00000.csv", "data/00001.csv"]
+
+
 def _write(tmp_path, df, name="seg.csv"):
     path = tmp_path / name
     df.to_csv(path, index=False)
