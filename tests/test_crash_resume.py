@@ -57,8 +57,10 @@ def _no_stray_trainers():
 def start_training(args, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A shell that starts jobs in the background (nohup ... &, some CI runners) leaves SIGINT
+    # ignored, and Python then installs no Ctrl-C handler: give the trainer a terminal's default.
     proc = subprocess.Popen([sys.executable, str(TRAIN), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log.close()
     _STARTED.append(proc)
     return proc
