@@ -289,26 +289,23 @@ class TinyPhysicsModel:
         try:
             with open(self.model_path, "rb") as f:
                 model_bytes = f.read()
-            self.session = ort.InferenceSession(model_bytes, options, ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises several private exception types
+            pruned = prune_to_last_position(model_bytes) if prune else None
+            self.session = ort.InferenceSession(pruned or model_bytes, options, ["CPUExecutionProvider"])
+        except Exception as e:  # onnx and onnxruntime raise several private exception types
             raise ModelError(f"{self.model_path}: not a loadable ONNX model ({str(e).strip()[:200]})") from None
+        self.pruned = pruned is not None
+        positions = 1 if self.pruned else CONTEXT_LENGTH
         ins = {i.name: i for i in self.session.get_inputs()}
         outs = self.session.get_outputs()
         ok = (set(ins) == {"states", "tokens"} and len(outs) == 1
               and ins["states"].type == "tensor(float)" and list(ins["states"].shape[1:]) == [CONTEXT_LENGTH, 4]
               and ins["tokens"].type == "tensor(int64)" and list(ins["tokens"].shape[1:]) == [CONTEXT_LENGTH]
-              and list(outs[0].shape[1:]) == [CONTEXT_LENGTH, VOCAB_SIZE])
+              and list(outs[0].shape[1:]) == [positions, VOCAB_SIZE])
         if not ok:
             got = {i.name: (i.type, i.shape) for i in self.session.get_inputs()}
             raise ModelError(
                 f"{self.model_path}: not the tinyphysics simulator (expected inputs states float [b,20,4] "
                 f"and tokens int64 [b,20] and output [b,20,1024]; got inputs {got})")
-        self.pruned = False
-        if prune:
-            pruned = prune_to_last_position(model_bytes)
-            if pruned is not None:
-                self.session = ort.InferenceSession(pruned, options, ["CPUExecutionProvider"])
-                self.pruned = True
         if debug:
             print(f"ONNX Runtime on CPU, {num_threads} thread(s), pruned={self.pruned}: {self.model_path}")
 
