@@ -140,6 +140,33 @@ def behaviour_clone(policy: ActorCritic, envs: LateralControlVecEnv, cfg: dict, 
     return obs
 
 
+def collect_rollout(policy: ActorCritic, envs, buffer: RolloutBuffer, obs: np.ndarray,
+                    episode_start: np.ndarray, sample_gen: torch.Generator):
+    """Fill `buffer` (reset first) with `buffer.n_steps` steps of every env.
+
+    obs: [N, OBS_DIM] current observations; episode_start: [N] 1.0 where obs starts an
+    episode. Actions are Gaussian samples from `policy` with noise from `sample_gen`.
+    Returns (obs, episode_start, last_values [N] tensor, finished-episode costs, their
+    lengths): the state to continue from and what GAE needs to bootstrap.
+    """
+    buffer.reset()
+    done_costs: list = []
+    done_lens: list = []
+    for _ in range(buffer.n_steps):
+        with torch.no_grad():
+            action, log_prob, _, value = policy.get_action_and_value(torch.from_numpy(obs), generator=sample_gen)
+        next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+        buffer.add(obs, action, reward, episode_start, value, log_prob)
+        episode_start = (terminated | truncated).astype(np.float64)
+        obs = next_obs
+        if "_episode_cost" in infos:
+            done_costs.extend(infos["episode_cost"][infos["_episode_cost"]].tolist())
+            done_lens.extend(infos["episode_len"][infos["_episode_len"]].tolist())
+    with torch.no_grad():
+        last_values = policy.get_value(torch.from_numpy(obs))
+    return obs, episode_start, last_values, done_costs, done_lens
+
+
 def make_run_dir(cfg: dict) -> Path:
     """runs/<run_name>; refuses to reuse a directory that already holds a run."""
     name = cfg["run_name"] or f"ppo_{_dt.datetime.now():%Y%m%d-%H%M%S}_seed{cfg['seed']}"
@@ -316,23 +343,13 @@ def main(argv=None) -> int:
             t_rollout = time.time()
             agent.set_learning_rate(1.0 - (update - 1) / num_updates)
             # 1. rollout
-            buffer.reset()
             policy.eval()
-            for _ in range(n_steps):
-                with torch.no_grad():
-                    obs_t = torch.from_numpy(obs)
-                    action, log_prob, _, value = policy.get_action_and_value(obs_t, generator=sample_gen)
-                next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
-                buffer.add(obs, action, reward, episode_start, value, log_prob)
-                episode_start = (terminated | truncated).astype(np.float64)
-                obs = next_obs
-                if "_episode_cost" in infos:
-                    ep_costs.extend(infos["episode_cost"][infos["_episode_cost"]].tolist())
-                    ep_lens.extend(infos["episode_len"][infos["_episode_len"]].tolist())
+            obs, episode_start, last_values, done_costs, done_lens = collect_rollout(
+                policy, envs, buffer, obs, episode_start, sample_gen)
+            ep_costs.extend(done_costs)
+            ep_lens.extend(done_lens)
             global_step += batch_size
             # 2. GAE
-            with torch.no_grad():
-                last_values = policy.get_value(torch.from_numpy(obs))
             buffer.compute_returns_and_advantage(last_values, episode_start, ppo_cfg.gamma, ppo_cfg.gae_lambda)
             # 3. PPO update, 4. normaliser update
             policy.train()
