@@ -8,6 +8,7 @@ sections/keys and out-of-range values raise ConfigError naming the file and the 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -24,6 +25,9 @@ DEFAULTS: dict = {
         "data_dir": "data",
         "train_files": "00000-00079",   # inclusive range of file stems, or a list of names
         "val_files": "00080-00099",
+        "synthetic_num": 0,        # synthetic segments added to the training pool (0: real only)
+        "synthetic_dir": "data/synthetic",   # generated there on first use (ppo_training/synthetic.py)
+        "synthetic_seed": 0,
     },
     "simulator": {
         "model_path": "models/tinyphysics.onnx",
@@ -47,11 +51,15 @@ DEFAULTS: dict = {
         "hidden_sizes": [128, 128],
         "activation": "tanh",
         "init_log_std": -3.5,
-        "base": "pid",             # residual on top of this fixed controller ("pid" or "none")
+        "base": "pid",             # residual on top of this fixed controller: pid | linear | none
+        "base_weights": None,      # base "linear": {observation feature: weight}, e.g. from
+                                   # scripts/tune_linear_base.py (PID + feedforward on the plan)
+        "normalize_obs": True,     # running mean/std normalisation of the network's inputs
+        "hidden_features": None,   # ablation: feature groups the networks do not see: future | history
     },
     "bc": {                        # behaviour-cloning warm start from a teacher controller
         "enabled": True,
-        "teacher": "pid",
+        "teacher": "pid",          # pid | base (the residual policy's base controller)
         "episodes": 64,            # teacher episodes collected (in batches of env.num_envs)
         "epochs": 0,               # actor epochs (0: the residual policy starts at its base)
         "minibatch_size": 1024,
@@ -63,6 +71,13 @@ DEFAULTS: dict = {
     },
     "eval": {
         "baseline": "pid",
+    },
+    "distributed": {               # rollouts on Ray actors (pip install '.[ray]'); see ppo_training/distributed.py
+        "backend": "local",        # local: one process | ray: num_workers rollout actors
+        "num_workers": 2,          # rollout actors (one CPU each)
+        "envs_per_worker": None,   # envs per actor; null: env.num_envs / num_workers
+        "address": None,           # null: start a local Ray cluster; 'auto' or 'HOST:PORT': join one
+        "max_restarts": 3,         # replacements of a dead actor before the run fails
     },
 }
 
@@ -139,8 +154,28 @@ def validate(cfg: dict, source: str) -> None:
     p = cfg["policy"]
     need(isinstance(p["hidden_sizes"], list) and all(is_int(h) and h > 0 for h in p["hidden_sizes"]),
          "policy.hidden_sizes", "must be a list of positive integers")
-    need(p["base"] in ("pid", "none"), "policy.base", "must be 'pid' or 'none'")
+    need(p["base"] in ("pid", "linear", "none"), "policy.base", "must be 'pid', 'linear' or 'none'")
+    if p["base"] == "linear":
+        from controllers.ppo import OBS_NAMES
+        w = p["base_weights"]
+        need(isinstance(w, dict) and len(w) > 0, "policy.base_weights",
+             "must be a mapping {observation feature: weight} when policy.base is 'linear'")
+        unknown = sorted(set(w) - set(OBS_NAMES))
+        need(not unknown, "policy.base_weights", f"names unknown features {unknown}; known: {list(OBS_NAMES)}")
+        need(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in w.values()),
+             "policy.base_weights", "must map to finite numbers")
+    else:
+        need(p["base_weights"] is None, "policy.base_weights", "is only used with policy.base: linear")
+    d = cfg["data"]
+    need(is_int(d["synthetic_num"]) and d["synthetic_num"] >= 0, "data.synthetic_num", "must be an integer >= 0")
+    need(is_int(d["synthetic_seed"]), "data.synthetic_seed", "must be an integer")
+    need(isinstance(p["normalize_obs"], bool), "policy.normalize_obs", "must be true or false")
+    hf = p["hidden_features"]
+    hf = [hf] if isinstance(hf, str) else hf
+    need(hf is None or (isinstance(hf, list) and set(hf) <= {"future", "history"}), "policy.hidden_features",
+         "must be null or a list of: future, history")
     b = cfg["bc"]
+    need(b["teacher"] in ("pid", "base"), "bc.teacher", "must be 'pid' or 'base' (the policy's own base controller)")
     for k in ("episodes", "epochs", "minibatch_size", "value_epochs"):
         need(is_int(b[k]) and b[k] >= (1 if k in ("episodes", "minibatch_size") else 0), f"bc.{k}", "out of range")
     need(isinstance(b["learning_rate"], (int, float)) and b["learning_rate"] > 0, "bc.learning_rate", "must be > 0")
@@ -148,6 +183,28 @@ def validate(cfg: dict, source: str) -> None:
         PPOConfig.from_dict(cfg["ppo"])
     except ValueError as e:
         raise ConfigError(f"{source}: ppo: {e}") from None
+    _validate_distributed(cfg, source, need, is_int)
+
+
+def _validate_distributed(cfg: dict, source: str, need, is_int) -> None:
+    # Configs saved before this section existed (older checkpoints) get its defaults.
+    d = cfg.setdefault("distributed", copy.deepcopy(DEFAULTS["distributed"]))
+    need(d["backend"] in ("local", "ray"), "distributed.backend", "must be 'local' or 'ray'")
+    need(is_int(d["num_workers"]) and d["num_workers"] >= 1, "distributed.num_workers", "must be an integer >= 1")
+    need(d["envs_per_worker"] is None or (is_int(d["envs_per_worker"]) and d["envs_per_worker"] >= 1),
+         "distributed.envs_per_worker", "must be null or an integer >= 1")
+    need(d["address"] is None or (isinstance(d["address"], str) and d["address"].strip() != ""),
+         "distributed.address", "must be null (start a local cluster), 'auto' or 'HOST:PORT'")
+    need(is_int(d["max_restarts"]) and d["max_restarts"] >= 0, "distributed.max_restarts", "must be an integer >= 0")
+    if d["backend"] == "ray" and d["envs_per_worker"] is None:
+        need(cfg["env"]["num_envs"] % d["num_workers"] == 0, "env.num_envs",
+             f"must be a multiple of distributed.num_workers ({d['num_workers']}) when "
+             f"distributed.envs_per_worker is null; or set distributed.envs_per_worker")
+    if d["backend"] == "ray":
+        import importlib.util
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(f"{source}: distributed.backend is 'ray' but the ray package is not installed; "
+                              f"install it with: pip install '.[ray]'")
 
 
 def _get(cfg: dict, dotted: str) -> Any:

@@ -41,6 +41,8 @@ if str(ROOT) not in sys.path:
 import tinyphysics as tp  # noqa: E402
 from controllers.ppo import OBS_DIM, OBS_NAMES  # noqa: E402
 from ppo_training.config import ConfigError, load_config, parse_override, select_files, _merge, validate  # noqa: E402
+from ppo_training.distributed import (DistributedError, check_checkpoint_backend, make_rollout_envs,  # noqa: E402
+                                      total_envs)
 from ppo_training.environment.lateral_env import LateralControlVecEnv  # noqa: E402
 from ppo_training.eval import comparison_table, evaluate_policy, torch_policy  # noqa: E402
 from ppo_training.policy.actor_critic import ActorCritic  # noqa: E402
@@ -81,7 +83,34 @@ def pid_base_weights() -> list:
     return w.tolist()
 
 
-BASES = {"none": lambda: None, "pid": pid_base_weights}
+def base_weights(policy_cfg: dict):
+    """The fixed linear base controller's weights [OBS_DIM] (None for base 'none').
+
+    'pid': the official PID; 'linear': `policy.base_weights`, a {feature: weight} mapping
+    over OBS_NAMES (e.g. PID plus feedforward on the future plan, tuned by
+    scripts/tune_linear_base.py); unnamed features weigh 0."""
+    base = policy_cfg["base"]
+    if base == "none":
+        return None
+    if base == "pid":
+        return pid_base_weights()
+    w = np.zeros(OBS_DIM)
+    for name, value in policy_cfg["base_weights"].items():
+        w[_IX[name]] = value
+    return w.tolist()
+
+
+FEATURE_GROUPS = {"future": ("future_",), "history": ("prev_",)}
+
+
+def input_mask(policy_cfg: dict):
+    """[OBS_DIM] 0/1 weights hiding `policy.hidden_features` groups from the networks (None: all seen)."""
+    groups = policy_cfg["hidden_features"]
+    if not groups:
+        return None
+    groups = [groups] if isinstance(groups, str) else groups
+    prefixes = tuple(p for g in groups for p in FEATURE_GROUPS[g])
+    return [0.0 if name.startswith(prefixes) else 1.0 for name in OBS_NAMES]
 
 
 def behaviour_clone(policy: ActorCritic, envs: LateralControlVecEnv, cfg: dict, gamma: float, logger: Logger):
@@ -89,7 +118,12 @@ def behaviour_clone(policy: ActorCritic, envs: LateralControlVecEnv, cfg: dict, 
 
     Returns the obs the environments are at afterwards (their episodes go on in PPO)."""
     bc = cfg["bc"]
-    teacher = TEACHERS[bc["teacher"]]
+    if bc["teacher"] == "base":   # the initial policy's mean: its base (the residual starts near 0)
+        def teacher(obs):
+            with torch.no_grad():
+                return policy.act_deterministic(torch.from_numpy(obs))[:, 0].numpy().astype(np.float64)
+    else:
+        teacher = TEACHERS[bc["teacher"]]
     n = envs.num_envs
     rounds = max(1, -(-bc["episodes"] // n))
     horizon = max(len(s) for s in envs.segments) - tp.CONTROL_START_IDX
@@ -247,6 +281,7 @@ def main(argv=None) -> int:
             for text in args.overrides:
                 _merge(cfg, parse_override(text), f"override {text!r}")
             validate(cfg, "resumed config")
+            check_checkpoint_backend(cfg, ckpt)
         else:
             cfg = load_config(args.config, args.overrides)
         # Inputs are checked before the run directory is created: a run that cannot start
@@ -277,15 +312,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(cfg["torch_threads"])
     ppo_cfg = PPOConfig.from_dict(cfg["ppo"])
     tcfg = cfg["train"]
-    num_envs, n_steps = cfg["env"]["num_envs"], tcfg["n_steps"]
+    num_envs, n_steps = total_envs(cfg), tcfg["n_steps"]
     batch_size = num_envs * n_steps
     num_updates = max(1, tcfg["total_timesteps"] // batch_size)
 
-    envs = LateralControlVecEnv(train_model, train_segs, num_envs, reward_scale=cfg["env"]["reward_scale"], seed=cfg["seed"])
+    try:  # LateralControlVecEnv, or Ray rollout actors with distributed.backend=ray
+        envs = make_rollout_envs(cfg, train_model, train_segs)
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    distributed = cfg["distributed"]["backend"] == "ray"
     policy = ActorCritic(OBS_DIM, 1, hidden_sizes=tuple(cfg["policy"]["hidden_sizes"]),
                          activation=cfg["policy"]["activation"], action_low=tp.STEER_RANGE[0],
                          action_high=tp.STEER_RANGE[1], init_log_std=cfg["policy"]["init_log_std"],
-                         base_weights=BASES[cfg["policy"]["base"]]())
+                         base_weights=base_weights(cfg["policy"]), normalize_obs=cfg["policy"]["normalize_obs"],
+                         input_mask=input_mask(cfg["policy"]))
     agent = PPOAgent(policy, ppo_cfg, seed=cfg["seed"])
     buffer = RolloutBuffer(n_steps, num_envs, OBS_DIM, 1)
     sample_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
@@ -344,8 +385,12 @@ def main(argv=None) -> int:
             agent.set_learning_rate(1.0 - (update - 1) / num_updates)
             # 1. rollout
             policy.eval()
-            obs, episode_start, last_values, done_costs, done_lens = collect_rollout(
-                policy, envs, buffer, obs, episode_start, sample_gen)
+            if distributed:   # every actor runs collect_rollout on its envs with its own generator
+                obs, episode_start, last_values, done_costs, done_lens = envs.collect(
+                    policy, buffer, obs, episode_start)
+            else:
+                obs, episode_start, last_values, done_costs, done_lens = collect_rollout(
+                    policy, envs, buffer, obs, episode_start, sample_gen)
             ep_costs.extend(done_costs)
             ep_lens.extend(done_lens)
             global_step += batch_size
@@ -374,6 +419,7 @@ def main(argv=None) -> int:
             logger.record("time/rollout_s", t_update - t_rollout)
             logger.record("time/update_s", t_end - t_update)
             logger.record("time/total_timesteps", global_step)
+            logger.record("time/wall_time", elapsed0 + time.time() - t_start)
             is_last = update == num_updates
             if (tcfg["eval_interval"] and update % tcfg["eval_interval"] == 0) or is_last:
                 val_cost = validate_now()
@@ -420,6 +466,8 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if distributed:
+        envs.close()
     np.savez(run_dir / "training_stats.npz", **{k: np.asarray(v) for k, v in stats.items()})
     if not args.no_export:
         export_policy(policy, cfg, cfg["export"]["output"])

@@ -171,6 +171,10 @@ class ActorCritic(nn.Module):
             actor_mlp(normalize(obs))``: the network learns a residual on top of
             the base, and a residual head initialised near zero starts the policy
             at the base controller. Not trained; stored as a buffer (exported).
+        input_mask: optional fixed ``[D]`` 0/1 weights multiplied into the
+            normalised observation: the actor and critic networks do not see
+            features with weight 0 (the base controller still does). For
+            ablations of the observation (e.g. hiding the future plan).
 
     Raises:
         ValueError: on non-positive sizes, an unknown activation, or
@@ -200,6 +204,7 @@ class ActorCritic(nn.Module):
         init_log_std: float = -1.0,
         normalize_obs: bool = True,
         base_weights: Sequence[float] | None = None,
+        input_mask: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         obs_dim = int(obs_dim)
@@ -232,6 +237,7 @@ class ActorCritic(nn.Module):
             "init_log_std": float(init_log_std),
             "normalize_obs": bool(normalize_obs),
             "base_weights": None if base_weights is None else [float(w) for w in base_weights],
+            "input_mask": None if input_mask is None else [float(w) for w in input_mask],
         }
         self.obs_dim = obs_dim
         self.act_dim = act_dim
@@ -249,13 +255,19 @@ class ActorCritic(nn.Module):
             self.register_buffer("base_weights", torch.tensor(base_weights, dtype=torch.float32)[:, None])
         else:
             self.base_weights = None
+        if input_mask is not None:
+            if len(input_mask) != obs_dim:
+                raise ValueError(f"input_mask needs obs_dim={obs_dim} entries, got {len(input_mask)}")
+            self.register_buffer("input_mask", torch.tensor(input_mask, dtype=torch.float32))
+        else:
+            self.input_mask = None
 
     # ------------------------------------------------------------------ helpers
     def normalize(self, obs: Tensor) -> Tensor:
-        """Normalised observations ``[B, D]`` (identity if ``normalize_obs=False``)."""
-        if self.obs_rms is None:
-            return obs
-        return self.obs_rms(obs)
+        """Normalised observations ``[B, D]`` (identity if ``normalize_obs=False``), times
+        ``input_mask`` when one is set."""
+        x = obs if self.obs_rms is None else self.obs_rms(obs)
+        return x if self.input_mask is None else x * self.input_mask
 
     @torch.no_grad()
     def update_obs_normalizer(self, obs: Tensor) -> None:
