@@ -4,7 +4,8 @@ Both controllers run on the same segments through the exact batched simulator
 (`tinyphysics.run_batched`), so the per-segment costs equal the official harness's.
 
   python eval.py --model_path ./models/tinyphysics.onnx --data_path ./data --num_segs 100 \
-      --test_controller ppo --baseline_controller pid [--report report.html] [--costs_csv PATH]
+      --test_controller ppo --baseline_controller pid [--report report.html] [--costs_csv PATH] \
+      [--backend ray --num_workers N [--address auto|HOST:PORT]]
 
 Costs (per segment, over steps CONTROL_START_IDX..COST_END_IDX-1):
   lataccel_cost = mean((target - pred)^2) * 100        [(m/s^2)^2 * 100]
@@ -34,8 +35,12 @@ Histories = Dict[str, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 def evaluate(model: tp.TinyPhysicsModel, paths: Sequence[str], test: str, baseline: str,
-             batch_size: int = 1000) -> Tuple[pd.DataFrame, Histories]:
+             batch_size: int = 1000, evaluator=None) -> Tuple[pd.DataFrame, Histories]:
     """Run both controllers on `paths` (strings such as 'data/00000.csv', which seed the RNG).
+
+    evaluator: None runs in this process (`tp.run_batched`); a
+    `ppo_training.distributed.RayEvaluator` shards the segments across Ray workers and
+    returns the same per-segment costs in the same order.
 
     Returns (costs, histories):
       costs: DataFrame with 2 * len(paths) rows, test rows first, columns
@@ -47,8 +52,11 @@ def evaluate(model: tp.TinyPhysicsModel, paths: Sequence[str], test: str, baseli
     """
     rows, histories = [], {}
     for role, name in zip(ROLES, (test, baseline)):
-        costs, hist = tp.run_batched(model, list(paths), name, batch_size=batch_size,
-                                     progress=True, keep_histories=True)
+        if evaluator is not None:
+            costs, hist = evaluator.run(list(paths), name, keep_histories=True, max_chunk=batch_size)
+        else:
+            costs, hist = tp.run_batched(model, list(paths), name, batch_size=batch_size,
+                                         progress=True, keep_histories=True)
         histories[role] = hist
         for path, c in zip(paths, costs):
             rows.append({"segment": Path(path).name, "controller": name, "role": role,
@@ -195,7 +203,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--report", default="report.html", help="HTML report path")
     p.add_argument("--costs_csv", default=None, help="write every segment's costs here")
     p.add_argument("--batch_size", type=int, default=1000, help="segments simulated per model call")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="ray: shard the segments across Ray workers (pip install '.[ray]'); same costs")
+    p.add_argument("--num_workers", type=int, default=2, help="Ray workers (one CPU each) with --backend ray")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto' or HOST:PORT); default: start a local one")
     args = p.parse_args(argv)
+
+    from ppo_training.distributed import DistributedError  # no ray import: that happens with --backend ray
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
@@ -204,16 +219,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in (args.test_controller, args.baseline_controller):
         if name not in tp.available_controllers():
             return fail(f"unknown controller {name!r}; available: {tp.available_controllers()}")
-    if args.num_segs < 1 or args.batch_size < 1:
-        return fail("--num_segs and --batch_size must be at least 1")
+    if args.num_segs < 1 or args.batch_size < 1 or args.num_workers < 1:
+        return fail("--num_segs, --batch_size and --num_workers must be at least 1")
     if not Path(args.data_path).is_dir():
         return fail(f"{args.data_path}: --data_path must be a directory of segment CSVs")
     try:
         paths = tp.list_segments(args.data_path, args.num_segs)
         model = tp.TinyPhysicsModel(args.model_path)
-        df, histories = evaluate(model, paths, args.test_controller, args.baseline_controller,
-                                 args.batch_size)
-    except (tp.DataError, tp.ModelError, ValueError) as e:  # ValueError: e.g. a bad policy file
+        if args.backend == "ray":
+            from ppo_training.distributed import RayEvaluator
+            with RayEvaluator(args.num_workers, args.model_path, address=args.address) as evaluator:
+                df, histories = evaluate(model, paths, args.test_controller, args.baseline_controller,
+                                         args.batch_size, evaluator)
+        else:
+            df, histories = evaluate(model, paths, args.test_controller, args.baseline_controller,
+                                     args.batch_size)
+    except (tp.DataError, tp.ModelError, ValueError, DistributedError) as e:
+        # ValueError: e.g. a bad policy file; DistributedError: ray missing, workers dying
         return fail(str(e))
     means, ratio, wins = averages(df)
     print()

@@ -2,6 +2,10 @@
 
     python ppo_training/eval.py --model_path runs/<run>/final_model.pt --data_path ./data --num_segs 100
     python ppo_training/eval.py --model_path models/ppo_policy.onnx --data_path ./data --num_segs 100
+    python ppo_training/eval.py --model_path models/ppo_policy.onnx --num_segs 5000 --backend ray --num_workers 8
+
+With --backend ray the segments are sharded across Ray workers (ppo_training/distributed.py,
+`pip install '.[ray]'`); the per-segment costs are the same, in the same order.
 
 Writes per-segment costs to CSV (default: next to the model, <model>_eval_costs.csv),
 prints the mean costs of the policy and of the baseline (pid) on the same segments and
@@ -90,15 +94,30 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default="pid")
     ap.add_argument("--costs_csv", default=None)
     ap.add_argument("--report", default=None, help="write an HTML report here (default: none)")
+    ap.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="ray: shard the segments across Ray workers (pip install '.[ray]'); same costs")
+    ap.add_argument("--num_workers", type=int, default=2, help="Ray workers (one CPU each) with --backend ray")
+    ap.add_argument("--address", default=None,
+                    help="Ray cluster to join ('auto' or HOST:PORT); default: start a local one")
     args = ap.parse_args(argv)
+    from ppo_training.distributed import DistributedError
     from ppo_training.utils.checkpoint import CheckpointError
+    if args.num_workers < 1:
+        print(f"error: --num_workers must be at least 1, got {args.num_workers}", file=sys.stderr)
+        return 2
     try:
         model = tp.TinyPhysicsModel(args.sim_model_path)
         paths = tp.list_segments(args.data_path, args.num_segs)
-        policy = load_policy(args.model_path)
-        costs, hist = evaluate_policy(model, paths, policy, keep_histories=True)
-        base, base_hist = tp.run_batched(model, paths, args.baseline, keep_histories=True)
-    except (tp.DataError, tp.ModelError, CheckpointError, ValueError) as e:
+        policy = load_policy(args.model_path)   # checked here, with the file named, before any worker starts
+        if args.backend == "ray":
+            from ppo_training.distributed import PolicyFile, RayEvaluator
+            with RayEvaluator(args.num_workers, args.sim_model_path, address=args.address) as ev:
+                costs, hist = ev.run(paths, PolicyFile(args.model_path), keep_histories=True)
+                base, base_hist = ev.run(paths, args.baseline, keep_histories=True)
+        else:
+            costs, hist = evaluate_policy(model, paths, policy, keep_histories=True)
+            base, base_hist = tp.run_batched(model, paths, args.baseline, keep_histories=True)
+    except (tp.DataError, tp.ModelError, CheckpointError, ValueError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = [Path(p).name for p in paths]
