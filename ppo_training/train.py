@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import json
 from collections import deque
 import os
 import sys
@@ -201,6 +202,35 @@ def collect_rollout(policy: ActorCritic, envs, buffer: RolloutBuffer, obs: np.nd
     return obs, episode_start, last_values, done_costs, done_lens
 
 
+def synthetic_paths(data_cfg: dict) -> list:
+    """The first `data.synthetic_num` synthetic segments of `data.synthetic_dir` ([] for 0).
+
+    The directory is generated on first use (ppo_training/synthetic.py, fitted on the
+    training files only, the validation files held out); an existing one is reused when its
+    generator_report.json has the same seed and at least that many files."""
+    num = data_cfg["synthetic_num"]
+    if num == 0:
+        return []
+    from ppo_training import synthetic
+    out = Path(data_cfg["synthetic_dir"])
+    report = out / synthetic.REPORT_NAME
+    meta = None
+    if report.is_file():
+        try:
+            meta = json.loads(report.read_text())["meta"]
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{report}: unreadable generator report ({e}); delete {out} to regenerate") from None
+    if meta is None or meta["seed"] != data_cfg["synthetic_seed"] or meta["num"] < num:
+        print(f"generating {num} synthetic segments in {out} (seed {data_cfg['synthetic_seed']})")
+        try:
+            synthetic.write_dataset(out, num, data_cfg["synthetic_seed"], fit_dir=data_cfg["data_dir"],
+                                    fit_files=data_cfg["train_files"], heldout_files=data_cfg["val_files"],
+                                    handover_model=None)
+        except synthetic.SyntheticError as e:
+            raise ConfigError(f"data.synthetic_dir {out}: {e}") from None
+    return [str(out / f"{synthetic.FILE_PREFIX}{i:06d}.csv") for i in range(num)]
+
+
 def make_run_dir(cfg: dict) -> Path:
     """runs/<run_name>; refuses to reuse a directory that already holds a run."""
     name = cfg["run_name"] or f"ppo_{_dt.datetime.now():%Y%m%d-%H%M%S}_seed{cfg['seed']}"
@@ -293,6 +323,7 @@ def main(argv=None) -> int:
         model = make_model(sim_cfg["eval_backend"], sim_cfg["model_path"], num_threads=sim_cfg["num_threads"])
         train_model = (model if sim_cfg["backend"] == sim_cfg["eval_backend"] else
                        make_model(sim_cfg["backend"], sim_cfg["model_path"], num_threads=sim_cfg["num_threads"]))
+        train_paths = train_paths + synthetic_paths(cfg["data"])
         train_segs = [tp.load_segment(p) for p in train_paths]
         for p in val_paths:
             tp.load_segment(p)

@@ -31,7 +31,7 @@ VARIANTS = {
                   ["policy.base=none", "policy.base_weights=null", "bc.teacher=pid", "bc.epochs=20"]),
     "no_bc": ("no warm start: critic and normaliser start untrained", ["bc.enabled=false"]),
     "no_obs_norm": ("no observation normalisation", ["policy.normalize_obs=false"]),
-    "no_synthetic": ("real training segments only", ["data.synthetic_num=0"]),
+    "synthetic": ("80 synthetic segments added to the 80 real ones", ["data.synthetic_num=80"]),
     "no_future_plan": ("future plan hidden from the network (zeroed features)", ["policy.hidden_features=future"]),
 }
 
@@ -54,6 +54,7 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--budget", type=int, default=1_500_000, help="env steps per run")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--full_seeds", type=int, nargs="*", default=[], help="extra seeds of the full recipe")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time")
     ap.add_argument("--run_dir", default="runs")
     ap.add_argument("--out", default="docs/ablations.md")
@@ -63,17 +64,17 @@ def main(argv=None):
     if unknown:
         sys.exit(f"error: unknown variants {unknown}; known: {list(VARIANTS)}")
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-    pending = list(args.variants)
+    pending = [(v, args.seed) for v in args.variants] + [("full", s) for s in args.full_seeds if s != args.seed]
     running = []
     results = {}
     while pending or running:
         while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            run_dir, proc = run_variant(name, VARIANTS[name][1], args, args.seed)
+            name, seed = pending.pop(0)
+            run_dir, proc = run_variant(name, VARIANTS[name][1], args, seed)
             if proc is None:
-                results[name] = run_dir
+                results[name, seed] = run_dir
             else:
-                running.append((name, run_dir, proc))
+                running.append(((name, seed), run_dir, proc))
         for item in list(running):
             name, run_dir, proc = item
             if proc.poll() is not None:
@@ -84,8 +85,13 @@ def main(argv=None):
         if running:
             time.sleep(5)
     rows = []
+    seeds_of = {}
+    for (name, seed), run_dir in results.items():
+        stats_path = run_dir / "training_stats.npz"
+        if stats_path.is_file():
+            seeds_of.setdefault(name, []).append(float(np.load(stats_path)["val_cost_mean"][-1]))
     for name in args.variants:
-        stats_path = results[name] / "training_stats.npz"
+        stats_path = results[name, args.seed] / "training_stats.npz"
         if not stats_path.is_file():
             rows.append((name, float("nan"), float("nan"), float("nan")))
             continue
@@ -97,11 +103,16 @@ def main(argv=None):
              "|---|---|---|---|---|---|"]
     for name, final, best, minutes in rows:
         lines.append(f"| {name} | {VARIANTS[name][0]} | {final:.2f} | {best:.2f} | {final - full:+.2f} | {minutes:.1f} |")
+    if len(seeds_of.get("full", [])) > 1:
+        v = np.array(seeds_of["full"])
+        lines += ["", f"full recipe over {len(v)} seeds: final val cost mean {v.mean():.2f}, "
+                      f"std {v.std(ddof=1):.2f}, min {v.min():.2f}, max {v.max():.2f}"]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     (Path(args.out).with_suffix(".json")).write_text(json.dumps(
-        {name: {"final": f, "best": b, "minutes": m} for name, f, b, m in rows}, indent=1))
+        {"variants": {name: {"final": f, "best": b, "minutes": m} for name, f, b, m in rows},
+         "full_seeds": seeds_of.get("full", [])}, indent=1))
     print(text)
 
 

@@ -169,8 +169,8 @@ class ActorCritic(nn.Module):
             on the *raw* observation (e.g. the PID written over the observation's
             error features). The Gaussian mean is then ``obs @ base_weights +
             actor_mlp(normalize(obs))``: the network learns a residual on top of
-            the base, and a residual head initialised near zero starts the policy
-            at the base controller. Not trained; stored as a buffer (exported).
+            the base; its output layer is initialised to zero, so the policy starts
+            exactly at the base controller. Not trained; stored as a buffer (exported).
         input_mask: optional fixed ``[D]`` 0/1 weights multiplied into the
             normalised observation: the actor and critic networks do not see
             features with weight 0 (the base controller still does). For
@@ -253,6 +253,10 @@ class ActorCritic(nn.Module):
                 raise ValueError(f"base_weights needs obs_dim={obs_dim} entries and act_dim=1, got "
                                  f"{len(base_weights)} entries, act_dim={act_dim}")
             self.register_buffer("base_weights", torch.tensor(base_weights, dtype=torch.float32)[:, None])
+            # The residual's output layer starts at zero, so the policy's mean starts exactly at
+            # its base controller (the hidden layers still receive gradients through it).
+            nn.init.zeros_(self.actor_mean[-1].weight)
+            nn.init.zeros_(self.actor_mean[-1].bias)
         else:
             self.base_weights = None
         if input_mask is not None:

@@ -1,0 +1,105 @@
+"""The training recipe's switches: the linear base controller, the base teacher, the
+network input mask, and the shipped headline config."""
+import numpy as np
+import pytest
+import torch
+
+import tinyphysics as tp
+from controllers.ppo import OBS_DIM, OBS_NAMES, BatchController
+from ppo_training import train
+from ppo_training.config import ConfigError, load_config
+from ppo_training.policy.actor_critic import ActorCritic
+
+HEADLINE = "ppo_training/configs/ff_residual.yaml"
+
+
+def test_linear_base_weights_land_on_their_features():
+    w = train.base_weights({"base": "linear", "base_weights": {"error": 0.5, "future_lataccel_3": -0.25}})
+    assert len(w) == OBS_DIM
+    assert w[OBS_NAMES.index("error")] == 0.5 and w[OBS_NAMES.index("future_lataccel_3")] == -0.25
+    assert sum(x != 0 for x in w) == 2
+    assert train.base_weights({"base": "none", "base_weights": None}) is None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("policy.base=linear", "policy.base_weights"),                          # linear needs weights
+    ("policy.base_weights={error: 1.0}", "only used with policy.base: linear"),
+    ("policy.hidden_features=[plan]", "policy.hidden_features"),
+    ("bc.teacher=mpc", "bc.teacher"),
+    ("data.synthetic_num=-1", "data.synthetic_num"),
+])
+def test_bad_recipe_settings_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_unknown_base_feature_is_refused():
+    with pytest.raises(ConfigError, match="unknown features"):
+        load_config(None, ["policy.base=linear", "policy.base_weights={errr: 1.0}"])
+
+
+def test_input_mask_hides_the_future_plan_from_the_networks():
+    mask = train.input_mask({"hidden_features": ["future"]})
+    hidden = [n for n, m in zip(OBS_NAMES, mask) if m == 0]
+    assert hidden and all(n.startswith("future_") for n in hidden)
+    assert len(hidden) == sum(n.startswith("future_") for n in OBS_NAMES)
+    torch.manual_seed(0)
+    policy = ActorCritic(OBS_DIM, 1, hidden_sizes=(8,), input_mask=mask)
+    obs = torch.randn(4, OBS_DIM)
+    moved = obs.clone()
+    moved[:, [OBS_NAMES.index(n) for n in hidden]] += 5.0
+    assert torch.equal(policy.action_mean(obs), policy.action_mean(moved))
+    assert torch.equal(policy.get_value(obs), policy.get_value(moved))
+    moved[:, OBS_NAMES.index("error")] += 5.0
+    assert not torch.equal(policy.action_mean(obs), policy.action_mean(moved))
+    rebuilt = ActorCritic(**policy.config)          # the mask is part of the saved config
+    rebuilt.load_state_dict(policy.state_dict())
+    assert torch.equal(rebuilt.action_mean(obs), policy.action_mean(obs))
+
+
+def test_headline_config_loads_and_its_base_beats_pid_on_training_segments(model, segment_paths):
+    cfg = load_config(HEADLINE)
+    assert cfg["policy"]["base"] == "linear" and cfg["simulator"]["eval_backend"] in ("onnx", "torch_exact")
+    w = np.asarray(train.base_weights(cfg["policy"]))
+    paths = segment_paths[:8]                      # training segments only
+    segs = [tp.load_segment(p) for p in paths]
+    costs = {}
+    for name, ctrl in (("linear", BatchController(len(segs), lambda o: np.clip(o.astype(np.float64) @ w, -2, 2))),
+                       ("pid", None)):
+        sim = tp.BatchedSimulator(model, segs)
+        if ctrl is None:
+            from controllers.pid import BatchController as PID
+            ctrl = PID(len(segs))
+        sim.rollout(ctrl)
+        costs[name] = np.mean([c["total_cost"] for c in sim.costs()])
+    assert costs["linear"] < 0.85 * costs["pid"], costs
+
+
+def test_base_teacher_runs_the_policys_own_base(write_config, tmp_path, capsys, model_path, segment_paths):
+    cfg = write_config({
+        "env": {"num_envs": 2}, "train": {"total_timesteps": 100, "n_steps": 50, "eval_interval": 0},
+        "ppo": {"minibatch_size": 50, "n_epochs": 1}, "policy": {"hidden_sizes": [8], "base": "pid"},
+        "bc": {"episodes": 2, "epochs": 0, "value_epochs": 1, "teacher": "base"},
+        "data": {"train_files": "00000-00001", "val_files": "00080-00080"}})
+    assert train.main(["--config", str(cfg), "run_name=t", "--no_export"]) == 0
+    out = capsys.readouterr().out
+    assert "samples from base" in out
+
+
+def test_synthetic_segments_join_the_training_pool(write_config, tmp_path, capsys, model_path, segment_paths):
+    synth = tmp_path / "synthetic"
+    cfg = write_config({
+        "env": {"num_envs": 2}, "train": {"total_timesteps": 100, "n_steps": 50, "eval_interval": 0},
+        "ppo": {"minibatch_size": 50, "n_epochs": 1}, "policy": {"hidden_sizes": [8]},
+        "bc": {"episodes": 2, "value_epochs": 1},
+        "data": {"train_files": "00000-00009", "val_files": "00080-00080", "synthetic_num": 3,
+                 "synthetic_dir": str(synth)}})
+    assert train.main(["--config", str(cfg), "run_name=s", "--no_export"]) == 0
+    assert sorted(p.name for p in synth.glob("*.csv")) == ["synth_000000.csv", "synth_000001.csv", "synth_000002.csv"]
+    report = __import__("json").loads((synth / "generator_report.json").read_text())
+    assert report["meta"]["fit_files"] == [f"{i:05d}.csv" for i in range(10)]     # fitted on training files only
+    assert "generating 3 synthetic segments" in capsys.readouterr().out
+    before = (synth / "synth_000000.csv").stat().st_mtime_ns
+    assert train.main(["--config", str(cfg), "run_name=s2", "--no_export"]) == 0   # reused, not regenerated
+    assert (synth / "synth_000000.csv").stat().st_mtime_ns == before
+    assert "generating" not in capsys.readouterr().out
