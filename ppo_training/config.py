@@ -91,7 +91,9 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
         path = f"{prefix}{key}"
         if key not in base:
             raise ConfigError(f"{source}: unknown config key {path!r}; known: {sorted(base)}")
-        if isinstance(base[key], dict) and key != "ppo":
+        if value is None and key not in ("ppo",) and prefix:   # e.g. policy.base_weights=null
+            base[key] = None
+        elif isinstance(base[key], dict) and key != "ppo":
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {path!r} must be a mapping, got {value!r}")
             _merge(base[key], value, source, path + ".")
@@ -167,6 +169,8 @@ def validate(cfg: dict, source: str) -> None:
     else:
         need(p["base_weights"] is None, "policy.base_weights", "is only used with policy.base: linear")
     d = cfg["data"]
+    for k in ("data_dir", "synthetic_dir"):
+        need(isinstance(d[k], str) and d[k] != "", f"data.{k}", "must be a directory path")
     need(is_int(d["synthetic_num"]) and d["synthetic_num"] >= 0, "data.synthetic_num", "must be an integer >= 0")
     need(is_int(d["synthetic_seed"]), "data.synthetic_seed", "must be an integer")
     need(isinstance(p["normalize_obs"], bool), "policy.normalize_obs", "must be true or false")
