@@ -15,7 +15,7 @@ setup:
 	$(VPY) -m scripts.fetch_assets
 
 train:
-	$(VPY) ppo_training/train.py --config ppo_training/config.yaml
+	$(VPY) ppo_training/train.py --config ppo_training/configs/ff_residual.yaml
 
 test:
 	$(VPY) -m pytest -q tests
