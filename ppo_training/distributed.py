@@ -262,6 +262,19 @@ def _chunks(n: int, num_workers: int, max_chunk: int) -> List[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _close_actors(owner) -> None:
+    """Kill owner.workers (Ray actors) and shut Ray down if owner started it (owner._owns_ray)."""
+    for w in getattr(owner, "workers", []):
+        try:
+            owner.ray.kill(w, no_restart=True)
+        except Exception:
+            pass
+    owner.workers = []
+    if getattr(owner, "_owns_ray", False) and owner.ray.is_initialized():
+        owner.ray.shutdown()
+        owner._owns_ray = False
+
+
 class RayEvaluator:
     """A pool of evaluation actors that returns exactly the single-process per-segment costs.
 
@@ -374,15 +387,7 @@ class RayEvaluator:
 
     def close(self) -> None:
         """Kill the actors; shut Ray down if this evaluator started it."""
-        for w in getattr(self, "workers", []):
-            try:
-                self.ray.kill(w, no_restart=True)
-            except Exception:
-                pass
-        self.workers = []
-        if getattr(self, "_owns_ray", False) and self.ray.is_initialized():
-            self.ray.shutdown()
-            self._owns_ray = False
+        _close_actors(self)
 
     def __enter__(self) -> "RayEvaluator":
         return self
@@ -688,15 +693,7 @@ class RayRolloutGroup:
 
     def close(self) -> None:
         """Kill the actors; shut Ray down if this group started it."""
-        for w in getattr(self, "workers", []):
-            try:
-                self.ray.kill(w, no_restart=True)
-            except Exception:
-                pass
-        self.workers = []
-        if getattr(self, "_owns_ray", False) and self.ray.is_initialized():
-            self.ray.shutdown()
-            self._owns_ray = False
+        _close_actors(self)
 
     def __del__(self):
         try:
