@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from ppo_training.policy.ppo_agent import PPOConfig
+from tinyphysics_torch import BACKENDS
 
 DEFAULTS: dict = {
     "seed": 1,
@@ -31,7 +32,7 @@ DEFAULTS: dict = {
     },
     "simulator": {
         "model_path": "models/tinyphysics.onnx",
-        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_bf16
+        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_bf16 | torch_bf16_compiled
         "eval_backend": "onnx",    # validation (exact engines only): onnx | torch_exact
         "num_threads": 1,          # onnxruntime intra-op threads / torch worker threads
     },
@@ -144,8 +145,7 @@ def validate(cfg: dict, source: str) -> None:
          "env.reward_scale", "must be > 0")
     need(is_int(cfg["simulator"]["num_threads"]) and cfg["simulator"]["num_threads"] >= 1,
          "simulator.num_threads", "must be an integer >= 1")
-    need(cfg["simulator"]["backend"] in ("onnx", "torch_exact", "torch_fp32", "torch_bf16"), "simulator.backend",
-         "must be one of onnx, torch_exact, torch_fp32, torch_bf16")
+    need(cfg["simulator"]["backend"] in BACKENDS, "simulator.backend", "must be one of " + ", ".join(BACKENDS))
     need(cfg["simulator"]["eval_backend"] in ("onnx", "torch_exact"), "simulator.eval_backend",
          "must be an exact engine: onnx or torch_exact")
     t = cfg["train"]

@@ -205,3 +205,43 @@ def test_drop_in_for_batched_simulator(model, fp32, segment_paths):
         # a sampled token differs from onnxruntime's in ~4e-6 of draws, so rollouts are
         # almost always identical; allow a diverged one to differ a little.
         assert b["total_cost"] == pytest.approx(a["total_cost"], rel=0.05)
+
+
+def test_compiled_bf16_matches_eager_bf16_and_pads_chunks(model_path, bf16, model, real_inputs, reference):
+    """torch.compile'd bf16 (static chunk shapes, short chunks zero-padded) computes what the
+    eager bf16 engine does, up to bf16 rounding, on batches smaller and larger than the
+    first one; its distance to onnxruntime stays within the training path's target."""
+    compiled = TorchPhysicsModel(model_path, dtype=torch.bfloat16, num_threads=2, compile=True)
+    from torch._dynamo.utils import counters
+    s, t = real_inputs
+    graphs = counters["stats"]["unique_graphs"]
+    first = compiled.probs(s[:40], t[:40])           # compiles once, for chunks of 20 rows
+    assert compiled._compiled_rows == [20] and counters["stats"]["unique_graphs"] == graphs + 1
+    np.testing.assert_allclose(first.sum(-1), 1.0, atol=1e-5)
+    assert tv_distance(first, bf16.probs(s[:40], t[:40])).mean() < 0.01
+    # 7 rows: one chunk padded to the compiled 20 rows; rows are independent of the padding,
+    # and the padded chunk reuses the graph (no dynamo recompilation)
+    graphs = counters["stats"]["unique_graphs"]
+    np.testing.assert_allclose(compiled.probs(s[:7], t[:7]), first[:7], atol=1e-6)
+    assert compiled._compiled_rows == [20] and counters["stats"]["unique_graphs"] == graphs
+    # a larger batch compiles a larger chunk size once, and reuses it afterwards
+    big = compiled.probs(s[:200], t[:200])
+    assert compiled._compiled_rows == [20, 100]
+    graphs = counters["stats"]["unique_graphs"]
+    compiled.probs(s[:150], t[:150])
+    assert compiled._compiled_rows == [20, 100] and counters["stats"]["unique_graphs"] == graphs
+    tv = tv_distance(big, model.softmax(reference[:200]))
+    assert tv.mean() < 0.02 and tv.max() < 0.5, (tv.mean(), tv.max())
+    compiled.close()
+
+
+def test_compiled_backend_in_the_batched_simulator(model_path, segment_paths):
+    """make_model('torch_bf16_compiled') drops into BatchedSimulator: PID costs on real
+    segments within 3% of the exact engine's (the bf16 arithmetic is the only difference)."""
+    from tinyphysics_torch import make_model
+    paths = segment_paths[:8]
+    exact = tp.run_batched(tp.TinyPhysicsModel(model_path), paths, "pid")
+    engine = make_model("torch_bf16_compiled", model_path, num_threads=1)
+    approx = tp.run_batched(engine, paths, "pid")
+    e, a = (np.mean([c["total_cost"] for c in x]) for x in (exact, approx))
+    assert abs(a / e - 1) < 0.03, (a, e)
