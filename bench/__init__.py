@@ -24,6 +24,9 @@ Engines (the `engines` section of the JSON):
                        `tp.BatchedSimulator` with one shared `np.random.default_rng(0)`, the
                        segments repeated to max(num_segs, train_envs) rows. Approximate: its
                        costs are not the official ones (other noise, bf16 arithmetic).
+  train_bf16_compiled  the same with `torch_bf16_compiled`: the bf16 engine through
+                       torch.compile (inductor, frozen weights, C++ wrapper); its one-off
+                       compilation happens in the untimed warm-up at the timed batch size.
   train_fp32           the same with `torch_fp32` (2 workers), for reference.
 
 Per engine: `wall_s` (the whole rollout, reading the CSVs included, model construction and
@@ -48,14 +51,14 @@ validation segments under the exact engine and under `tp.run_batched` with the b
 models (official per-segment seeds, so only the arithmetic differs).
 
 PPO throughput (`ppo`): `ppo_training.train.main` runs `train_updates` updates with
-`simulator.backend=torch_bf16 simulator.num_threads=2 env.num_envs=<train_envs>
-train.n_steps=100 bc.enabled=false` on top of `--train_config` (default the project's
-ppo_training/config.yaml), in a temporary run directory; `fps_mean` is the mean of
+`simulator.backend=<train_backend> simulator.num_threads=2 env.num_envs=<train_envs>
+train.n_steps=100 bc.enabled=false` on top of `--train_config` (default the headline recipe,
+ppo_training/configs/ff_residual.yaml), in a temporary run directory; `fps_mean` is the mean of
 progress.csv's `time/fps` (env steps per second of one update: rollout with the policy,
 GAE, PPO epochs and normaliser update; the final validation is outside it).
 `sim_env_steps_per_s` is the training simulator alone under the env's conditions:
-train_envs rows started at step 100 (as the env does), shared Generator, bf16 with 2
-workers, the PID, counting only steps >= 100. `ppo_vs_sim_ratio` = fps_mean /
+train_envs rows started at step 100 (as the env does), shared Generator, the same
+backend with 2 workers, the PID, counting only steps >= 100. `ppo_vs_sim_ratio` = fps_mean /
 sim_env_steps_per_s: the share of the raw simulator speed that training keeps (1 would
 mean the policy, observations and updates cost nothing).
 
@@ -88,7 +91,8 @@ import tinyphysics as tp  # noqa: E402
 __all__ = ["main", "ModelTimer", "NoisyController", "total_variation"]
 
 PPO_N_STEPS = 100          # env steps per env per PPO update in the throughput run
-ENGINES = ("reference", "exact_onnx", "exact_onnx_2threads", "exact_torch", "train_bf16", "train_fp32")
+ENGINES = ("reference", "exact_onnx", "exact_onnx_2threads", "exact_torch", "train_bf16", "train_bf16_compiled",
+           "train_fp32")
 
 
 # --------------------------------------------------------------------------------------
@@ -185,12 +189,14 @@ def total_variation(model_a, model_b, states: np.ndarray, tokens: np.ndarray, ch
     return np.concatenate(out)
 
 
-def warm_up(model) -> None:
-    """One small untimed call, so that lazy initialisation (thread pools, kernels) is not timed."""
-    n = 8
+def warm_up(model, n: int = 8, calls: int = 20) -> None:
+    """Untimed calls of n rows, so that lazy initialisation (thread pools, kernels, the
+    compiled engine's graph for this batch size and its per-thread oneDNN state, which
+    takes a few calls to settle) is not timed."""
     states = np.zeros((n, tp.CONTEXT_LENGTH, 4), dtype=np.float32)
     tokens = np.full((n, tp.CONTEXT_LENGTH), tp.VOCAB_SIZE // 2, dtype=np.int64)
-    model.sample(states, tokens, np.full(n, 0.5))
+    for _ in range(calls):
+        model.sample(states, tokens, np.full(n, 0.5))
 
 
 # --------------------------------------------------------------------------------------
@@ -255,7 +261,7 @@ def measure_training_sim(name: str, description: str, model, paths: Sequence[str
 
     start_step=100 starts the rows after the warm-up, as the PPO environment does; steps
     are then counted from there (len(segment) - start_step)."""
-    warm_up(model)
+    warm_up(model, rows)
     with ModelTimer(model, ("sample",)) as timer:
         t0 = time.perf_counter()
         unique = {p: tp.load_segment(p) for p in paths}
@@ -302,14 +308,14 @@ def measure_fidelity(onnx_model, approx: Dict[str, object], val_paths: Sequence[
 
 
 def measure_ppo(model_path: str, train_envs: int, train_updates: int, train_config: Optional[str],
-                val_files: str) -> dict:
-    """`ppo_training.train.main` for train_updates updates (bf16 rollouts, 2 workers) in a
-    temporary run directory; returns progress.csv's per-update time figures."""
+                val_files: str, backend: str = "torch_bf16_compiled") -> dict:
+    """`ppo_training.train.main` for train_updates updates (rollouts on `backend`, 2 workers)
+    in a temporary run directory; returns progress.csv's per-update time figures."""
     import torch
     from ppo_training import train
 
     overrides = [
-        "simulator.backend=torch_bf16", "simulator.num_threads=2", f"simulator.model_path={model_path}",
+        f"simulator.backend={backend}", "simulator.num_threads=2", f"simulator.model_path={model_path}",
         f"env.num_envs={train_envs}", f"train.n_steps={PPO_N_STEPS}",
         f"train.total_timesteps={train_envs * PPO_N_STEPS * train_updates}",
         "train.eval_interval=0", "train.checkpoint_interval=0", "train.log_interval=1",
@@ -396,13 +402,14 @@ def format_report(result: dict) -> str:
     lines += ["", f"fidelity on {f['segments']} validation segments ({Path(f['first']).stem}-"
                   f"{Path(f['last']).stem}), rows {f['captured_rows']}; TV = 0.5 sum|p - q| vs onnxruntime"]
     for name, kinds in f["tv"].items():
-        lines.append(f"  {name:<11}" + "   ".join(
+        lines.append(f"  {name:<20}" + "   ".join(
             f"{kind}: mean {v['mean']:.3g} p99 {v['p99']:.3g} max {v['max']:.3g}" for kind, v in kinds.items()))
     pc = f["pid_cost"]
     lines.append(f"  pid mean total_cost: exact {pc['exact']:.3f}" + "".join(
         f", {name} {pc[name]:.3f} ({pc[name + '_relative']:+.2%})" for name in f["tv"]))
     p = result["ppo"]
-    lines += ["", f"ppo: {p['num_envs']} envs x {p['n_steps']} steps, {p['updates']} update(s), torch_bf16 2 workers: "
+    lines += ["", f"ppo: {p['num_envs']} envs x {p['n_steps']} steps, {p['updates']} update(s), "
+                  f"{p.get('backend', 'torch_bf16')} 2 workers: "
                   f"{p['fps_mean']:.0f} env steps/s (rollout alone {p['rollout_fps_mean']:.0f}; "
                   f"rollout {p['rollout_s_mean']:.2f} s + update {p['update_s_mean']:.2f} s per update)",
               f"     simulator alone at {p['num_envs']} rows from step 100: {p['sim_env_steps_per_s']:.0f} steps/s"
@@ -441,8 +448,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--val_files", default="00080-00099", help="fidelity segments, 'A-B' stems in data_dir")
     ap.add_argument("--ppo_val_files", default="00080-00081",
                     help="validation segments of the PPO run (validated once, after the timed updates)")
-    ap.add_argument("--train_config", default="ppo_training/config.yaml",
+    ap.add_argument("--train_config", default="ppo_training/configs/ff_residual.yaml",
                     help="base config of the PPO run ('' for the built-in defaults)")
+    ap.add_argument("--train_backend", default="torch_bf16_compiled",
+                    choices=("torch_bf16", "torch_bf16_compiled", "torch_fp32"),
+                    help="simulator of the PPO run and of the simulator-alone figure it is compared with")
     ap.add_argument("--noise_std", type=float, default=0.1, help="steer noise of the off-policy capture")
     ap.add_argument("--seed", type=int, default=0, help="seed of the shared Generator and of the noise")
     args = ap.parse_args(argv)
@@ -499,10 +509,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train_rows = max(len(paths), args.train_envs)
     _log(f"training engines: {train_rows} rows, shared Generator")
     bf16 = make_model("torch_bf16", args.model_path, num_threads=2)
+    bf16c = make_model("torch_bf16_compiled", args.model_path, num_threads=2)
     fp32 = make_model("torch_fp32", args.model_path, num_threads=2)
-    for name, model in (("train_bf16", bf16), ("train_fp32", fp32)):
+    trainers = {"torch_bf16": bf16, "torch_bf16_compiled": bf16c, "torch_fp32": fp32}
+    for backend, model in trainers.items():
+        name = "train_" + backend[len("torch_"):]
         engines[name], _ = measure_training_sim(
-            name, f"BatchedSimulator, {name[6:]} torch 2 workers, shared Generator (approximate)",
+            name, f"BatchedSimulator, {backend} 2 workers, shared Generator (approximate)",
             model, paths, train_rows, seed=args.seed)
 
     ref_rate, onnx_rate = engines["reference"]["steps_per_s"], engines["exact_onnx"]["steps_per_s"]
@@ -511,22 +524,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         e["speedup_vs_exact_onnx"] = e["steps_per_s"] / onnx_rate
 
     _log(f"fidelity: {len(val_paths)} validation segment(s), pid and pid + N(0, {args.noise_std}) noise")
-    result["fidelity"] = measure_fidelity(onnx1, {"torch_bf16": bf16, "torch_fp32": fp32}, val_paths,
-                                          args.noise_std, args.seed)
+    result["fidelity"] = measure_fidelity(onnx1, trainers, val_paths, args.noise_std, args.seed)
 
     _log(f"training simulator at env conditions: {args.train_envs} rows from step {tp.CONTROL_START_IDX}")
-    sim_env, _ = measure_training_sim("train_bf16_env", "env conditions", bf16, paths, args.train_envs,
-                                      start_step=tp.CONTROL_START_IDX, seed=args.seed)
+    sim_env, _ = measure_training_sim(f"{args.train_backend}_env", "env conditions", trainers[args.train_backend],
+                                      paths, args.train_envs, start_step=tp.CONTROL_START_IDX, seed=args.seed)
     _log(f"ppo: {args.train_updates} update(s) of {args.train_envs} envs x {PPO_N_STEPS} steps")
     ppo = measure_ppo(args.model_path, args.train_envs, args.train_updates, args.train_config or None,
-                      args.ppo_val_files)
+                      args.ppo_val_files, backend=args.train_backend)
     ppo["sim_env_steps_per_s"] = sim_env["steps_per_s"]
     ppo["sim_env_wall_s"] = sim_env["wall_s"]
     ppo["sim_env_model_share"] = sim_env["model_share"]
     ppo["ppo_vs_sim_ratio"] = ppo["fps_mean"] / sim_env["steps_per_s"]
     result["ppo"] = ppo
     result["ppo_vs_sim_ratio"] = ppo["ppo_vs_sim_ratio"]
-    for model in (exact, bf16, fp32):
+    ppo["backend"] = args.train_backend
+    for model in (exact, bf16, bf16c, fp32):
         model.close()
 
     print()

@@ -41,16 +41,18 @@ def test_tiny_benchmark_writes_every_figure(model_path, segment_paths, tmp_path,
 
     fid = result["fidelity"]
     assert fid["captured_rows"]["pid"] > 0 and fid["captured_rows"]["noisy_pid"] > 0
-    for model in ("torch_bf16", "torch_fp32"):
+    for model in ("torch_bf16", "torch_bf16_compiled", "torch_fp32"):
         for kind in ("pid", "noisy_pid"):
             tv = fid["tv"][model][kind]
             for stat in ("mean", "p99", "max"):
                 assert 0 <= tv[stat] <= 1, (model, kind, stat)
             assert tv["mean"] <= tv["max"]
     assert fid["tv"]["torch_fp32"]["pid"]["mean"] < fid["tv"]["torch_bf16"]["pid"]["mean"]
-    for key in ("exact", "torch_bf16", "torch_fp32"):
+    assert fid["tv"]["torch_bf16_compiled"]["pid"]["mean"] < 0.02   # the training path's fidelity target
+    for key in ("exact", "torch_bf16", "torch_bf16_compiled", "torch_fp32"):
         assert fid["pid_cost"][key] > 0
 
     ppo = result["ppo"]
     assert ppo["updates"] == 1 and ppo["fps_mean"] > 0 and ppo["sim_env_steps_per_s"] > 0
+    assert ppo["backend"] == "torch_bf16_compiled" and ppo["config"] == "ppo_training/configs/ff_residual.yaml"
     assert result["ppo_vs_sim_ratio"] == ppo["ppo_vs_sim_ratio"] > 0
