@@ -189,7 +189,7 @@ class TorchPhysicsModel:
         float32, erf in bf16.
     compile: run the forward pass through `torch.compile` (inductor with frozen weights and a
         C++ wrapper; attention as two batched matmuls and a softmax, which fuse better than the
-        CPU flash kernel at T = 20): in bf16 about 1.3-1.5x the eager engine's rows per second
+        CPU flash kernel at T = 20): in bf16 about 1.2x the eager engine's rollouts per second
         on this machine (`python -m bench`), after a one-off compilation of 5-25 s per chunk
         size that needs a C++ compiler. Shapes are static: chunks are padded with zero rows to
         the smallest size compiled so far that fits, and only a batch larger than any before
@@ -376,7 +376,7 @@ class TorchPhysicsModel:
             # or dynamo's dispatch-key guard recompiles it.
             with torch.inference_mode():
                 states, tokens = states.clone(), tokens.clone()
-            size = self._compiled_size(states, tokens, max(1, min(size, -(-n // (k or 1)))))
+            size = self._compiled_size(states, tokens, max(1, min(size, n)))
         out = torch.empty((n, VOCAB_SIZE), dtype=torch.float32)
         starts = list(range(0, n, size))
         if k is None or k == 1 or len(starts) == 1:

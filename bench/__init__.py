@@ -532,13 +532,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _log(f"ppo: {args.train_updates} update(s) of {args.train_envs} envs x {PPO_N_STEPS} steps")
     ppo = measure_ppo(args.model_path, args.train_envs, args.train_updates, args.train_config or None,
                       args.ppo_val_files, backend=args.train_backend)
+    ppo["backend"] = args.train_backend
     ppo["sim_env_steps_per_s"] = sim_env["steps_per_s"]
     ppo["sim_env_wall_s"] = sim_env["wall_s"]
     ppo["sim_env_model_share"] = sim_env["model_share"]
     ppo["ppo_vs_sim_ratio"] = ppo["fps_mean"] / sim_env["steps_per_s"]
     result["ppo"] = ppo
     result["ppo_vs_sim_ratio"] = ppo["ppo_vs_sim_ratio"]
-    ppo["backend"] = args.train_backend
     for model in (exact, bf16, bf16c, fp32):
         model.close()
 
