@@ -6,21 +6,97 @@ import tinyphysics as tp
 from controllers import pid
 
 
+KEYS = ("lataccel_cost", "jerk_cost", "total_cost")
+# A draw this close to a cdf bin edge (in cdf units) may land in the neighbouring bin on another
+# CPU: onnxruntime picks its float32 kernels by instruction set (AVX-512 or AVX2), and their
+# rounding moves the edges by ~1e-7. Honest draws fall this close with probability ~2e-5 per step.
+NEAR_TIE = 1e-5
+
+
+def _same(cost, ref):
+    return all(abs(cost[k] - ref[k]) <= 1e-9 for k in KEYS)
+
+
 def _assert_matches(paths, costs, golden_costs):
     for path, cost in zip(paths, costs):
         ref = golden_costs[path.split("/")[-1]]
-        for key in ("lataccel_cost", "jerk_cost", "total_cost"):
+        for key in KEYS:
             assert abs(cost[key] - ref[key]) <= 1e-9, (path, key, cost[key], ref[key])
+
+
+class _DrawRecorder:
+    """Wraps the simulator model for one row: records each draw's distance to the nearest cdf
+    edge, and optionally moves draw number `flip` into the neighbouring bin across that edge."""
+
+    def __init__(self, model, flip=None):
+        self.model, self.flip, self.gaps = model, flip, []
+
+    def sample(self, states, tokens, u):
+        cdf = np.cumsum(self.model.probs(states, tokens).astype(np.float64), axis=-1)
+        cdf /= cdf[:, -1:]
+        tok = int((cdf[0] <= u[0]).sum())
+        below = u[0] - (cdf[0, tok - 1] if tok > 0 else 0.0)   # distance to the bin's lower edge
+        above = cdf[0, tok] - u[0]                              # and to its upper edge
+        self.gaps.append((below, above))
+        if len(self.gaps) - 1 == self.flip:
+            tok += -1 if below < above else 1
+        return np.array([tok], dtype=np.int64)
+
+
+def near_tie_explanation(model, path, controller, ref):
+    """For a segment whose cost differs from the golden one: the (draw index, distance to the
+    edge) of a draw within NEAR_TIE of a cdf edge such that moving it across that edge
+    reproduces all three golden costs to 1e-9; None when no such draw exists."""
+    seg = tp.load_segment(path)
+    rec = _DrawRecorder(model)
+    tp.BatchedSimulator(rec, [seg]).rollout(tp.make_controllers(controller, 1))
+    for k in np.argsort([min(g) for g in rec.gaps]):
+        gap = min(rec.gaps[k])
+        if gap > NEAR_TIE:
+            break
+        cost = tp.BatchedSimulator(_DrawRecorder(model, flip=int(k)), [seg]).rollout(
+            tp.make_controllers(controller, 1))[0]
+        if _same(cost, ref):
+            return int(k), gap
+    return None
 
 
 @pytest.mark.parametrize("controller", ["pid", "zero"])
 def test_batched_simulator_matches_golden_on_every_segment(model, segment_paths, golden, controller):
+    """Every segment's costs equal the official harness's to 1e-9. The only exception allowed is
+    a segment where one draw fell within NEAR_TIE of a cdf edge and moving that draw across the
+    edge reproduces the golden costs exactly: on a CPU with other float32 kernels than the golden
+    file's machine (e.g. AVX2 against AVX-512), the official harness itself would differ there."""
     paths = [p for p in segment_paths if p.split("/")[-1] in golden["costs"][controller]]
     assert len(paths) == golden["n_segments"], "every golden segment must be present in data/"
     costs = tp.run_batched(model, paths, controller)
-    _assert_matches(paths, costs, golden["costs"][controller])
-    mean_total = np.mean([c["total_cost"] for c in costs])
-    assert abs(mean_total - golden["means"][controller]["total_cost"]) <= 1e-9
+    ref = golden["costs"][controller]
+    differ = [(p, c) for p, c in zip(paths, costs) if not _same(c, ref[p.split("/")[-1]])]
+    assert len(differ) <= 2, f"{len(differ)} segments differ from the golden costs: {[p for p, _ in differ]}"
+    for p, c in differ:
+        why = near_tie_explanation(model, p, controller, ref[p.split("/")[-1]])
+        assert why is not None, (p, c, ref[p.split("/")[-1]], "no near-tie draw explains the difference")
+    if not differ:
+        mean_total = np.mean([c["total_cost"] for c in costs])
+        assert abs(mean_total - golden["means"][controller]["total_cost"]) <= 1e-9
+
+
+def test_a_near_tie_flip_is_found_only_where_it_explains_the_cost(model, golden):
+    """The exception above cannot excuse a real error: a wrong reference cost is not explained;
+    the costs of a rollout with its nearest-tie draw moved across the edge are (segment 00024
+    has a draw 1.6e-8 below an edge, the one AVX2 and AVX-512 CPUs put in different bins)."""
+    path, ref = "data/00024.csv", golden["costs"]["zero"]["00024.csv"]
+    bogus = {k: v + 1e-3 for k, v in ref.items()}
+    assert near_tie_explanation(model, path, "zero", bogus) is None
+    rec = _DrawRecorder(model)
+    seg = tp.load_segment(path)
+    here = tp.BatchedSimulator(rec, [seg]).rollout(tp.make_controllers("zero", 1))[0]
+    k = int(np.argmin([min(g) for g in rec.gaps]))
+    assert min(rec.gaps[k]) < 1e-7
+    flipped = tp.BatchedSimulator(_DrawRecorder(model, flip=k), [seg]).rollout(tp.make_controllers("zero", 1))[0]
+    assert not _same(flipped, here)
+    assert near_tie_explanation(model, path, "zero", flipped) == (k, min(rec.gaps[k]))
+    assert _same(here, ref) or _same(flipped, ref)     # one of the two is the golden machine's
 
 
 def test_per_segment_controllers_in_batched_simulator_match_golden(model, segment_paths, golden):
