@@ -29,6 +29,7 @@ Engines (the `engines` section of the JSON):
                        compilation happens in the untimed warm-up at the timed batch size.
   train_fp32           the same with `torch_fp32` (2 workers), for reference.
 
+
 Per engine: `wall_s` (the whole rollout, reading the CSVs included, model construction and
 a small warm-up call excluded), `rollouts_per_s` (segments / wall), `steps_per_s` (simulated
 steps / wall, counting steps 20..T-1 of each segment, i.e. len(segment) - 20), `model_s` and
@@ -450,8 +451,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="validation segments of the PPO run (validated once, after the timed updates)")
     ap.add_argument("--train_config", default="ppo_training/configs/ff_residual.yaml",
                     help="base config of the PPO run ('' for the built-in defaults)")
-    ap.add_argument("--train_backend", default="torch_bf16_compiled",
-                    choices=("torch_bf16", "torch_bf16_compiled", "torch_fp32"),
+    ap.add_argument("--train_backend", default="auto",
+                    choices=("torch_bf16", "torch_bf16_compiled", "torch_fp32", "onnx", "auto"),
                     help="simulator of the PPO run and of the simulator-alone figure it is compared with")
     ap.add_argument("--noise_std", type=float, default=0.1, help="steer noise of the off-policy capture")
     ap.add_argument("--seed", type=int, default=0, help="seed of the shared Generator and of the noise")
@@ -472,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run every measurement, print the report, write the JSON; returns the exit status."""
     args = parse_args(argv)
     from ppo_training.config import ConfigError, select_files
-    from tinyphysics_torch import make_model
+    from tinyphysics_torch import make_model, native_bf16, resolve_backend
 
     try:
         paths = tp.list_segments(args.data_dir, args.num_segs)
@@ -512,6 +513,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bf16c = make_model("torch_bf16_compiled", args.model_path, num_threads=2)
     fp32 = make_model("torch_fp32", args.model_path, num_threads=2)
     trainers = {"torch_bf16": bf16, "torch_bf16_compiled": bf16c, "torch_fp32": fp32}
+    args.train_backend = resolve_backend(args.train_backend)
+    result["native_bf16"] = native_bf16()
     for backend, model in trainers.items():
         name = "train_" + backend[len("torch_"):]
         engines[name], _ = measure_training_sim(
@@ -527,7 +530,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["fidelity"] = measure_fidelity(onnx1, trainers, val_paths, args.noise_std, args.seed)
 
     _log(f"training simulator at env conditions: {args.train_envs} rows from step {tp.CONTROL_START_IDX}")
-    sim_env, _ = measure_training_sim(f"{args.train_backend}_env", "env conditions", trainers[args.train_backend],
+    sim_env, _ = measure_training_sim(f"{args.train_backend}_env", "env conditions", trainers.get(args.train_backend, onnx2),
                                       paths, args.train_envs, start_step=tp.CONTROL_START_IDX, seed=args.seed)
     _log(f"ppo: {args.train_updates} update(s) of {args.train_envs} envs x {PPO_N_STEPS} steps")
     ppo = measure_ppo(args.model_path, args.train_envs, args.train_updates, args.train_config or None,

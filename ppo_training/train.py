@@ -51,7 +51,7 @@ from ppo_training.policy.ppo_agent import PPOAgent, PPOConfig  # noqa: E402
 from ppo_training.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from ppo_training.utils.logger import Logger  # noqa: E402
 from ppo_training.utils.rollout_buffer import RolloutBuffer  # noqa: E402
-from tinyphysics_torch import make_model  # noqa: E402
+from tinyphysics_torch import make_model, resolve_backend  # noqa: E402
 
 _IX = {name: i for i, name in enumerate(OBS_NAMES)}
 
@@ -323,6 +323,8 @@ def main(argv=None) -> int:
         model = make_model(sim_cfg["eval_backend"], sim_cfg["model_path"], num_threads=sim_cfg["num_threads"])
         train_model = (model if sim_cfg["backend"] == sim_cfg["eval_backend"] else
                        make_model(sim_cfg["backend"], sim_cfg["model_path"], num_threads=sim_cfg["num_threads"]))
+        if sim_cfg["backend"] == "auto":
+            print(f"simulator.backend auto: {resolve_backend('auto')} on this CPU", flush=True)
         train_paths = train_paths + synthetic_paths(cfg["data"])
         train_segs = [tp.load_segment(p) for p in train_paths]
         for p in val_paths:

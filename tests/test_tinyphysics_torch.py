@@ -245,3 +245,16 @@ def test_compiled_backend_in_the_batched_simulator(model_path, segment_paths):
     approx = tp.run_batched(engine, paths, "pid")
     e, a = (np.mean([c["total_cost"] for c in x]) for x in (exact, approx))
     assert abs(a / e - 1) < 0.03, (a, e)
+
+
+def test_auto_backend_follows_the_cpus_bf16_support(monkeypatch, model_path):
+    """auto: the compiled bf16 engine where bf16 matmuls are native, onnxruntime elsewhere
+    (emulated bf16 is the slowest engine on AVX2-only CPUs)."""
+    from tinyphysics_torch import make_model, resolve_backend
+    assert resolve_backend("torch_fp32") == "torch_fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert resolve_backend("auto") == "onnx"
+    assert isinstance(make_model("auto", model_path), tp.TinyPhysicsModel)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_backend("auto") == "torch_bf16_compiled"
