@@ -461,6 +461,12 @@ class BatchedSimulator:
         self.length = np.zeros(n, dtype=np.int64)
         self.t = np.zeros(n, dtype=np.int64)
         self.segments: List[Optional[Segment]] = [None] * n
+        # With record_probs, step() keeps the controlled rows' next-lataccel distributions:
+        # last_rows int [m] and last_probs float32 [m, 1024] (approximate models and onnx only:
+        # tokens are drawn from these probabilities with sample_tokens, not model.sample).
+        self.record_probs = False
+        self.last_rows = np.zeros(0, dtype=np.int64)
+        self.last_probs = np.zeros((0, VOCAB_SIZE), dtype=np.float32)
         if rngs is None:
             rngs = [np.random.RandomState(segment_seed(s.path)) for s in segments]
         self.shared_rng = rngs if isinstance(rngs, np.random.Generator) else None
@@ -530,6 +536,7 @@ class BatchedSimulator:
         that were stepped (int [n]). One model call covers all rows past the warm-up.
         """
         rows = np.flatnonzero(self.active)
+        self.last_rows = rows[:0]
         if len(rows) == 0:
             return rows
         s = self.t[rows]
@@ -542,7 +549,12 @@ class BatchedSimulator:
         if ctrl.any():
             cr, cs = rows[ctrl], s[ctrl]
             states, tokens = build_model_inputs(self.action, self.roll, self.v, self.a, self.lataccel, cr, cs)
-            pred = TOKENIZER.decode(self.model.sample(states, tokens, u[ctrl]))
+            if self.record_probs:
+                probs = self.model.probs(states, tokens)
+                self.last_rows, self.last_probs = cr, probs
+                pred = TOKENIZER.decode(sample_tokens(probs, u[ctrl]))
+            else:
+                pred = TOKENIZER.decode(self.model.sample(states, tokens, u[ctrl]))
             cur = self.lataccel[cr, cs - 1]
             new[ctrl] = np.clip(pred, cur - MAX_ACC_DELTA, cur + MAX_ACC_DELTA)
         self.lataccel[rows, s] = new

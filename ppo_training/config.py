@@ -32,13 +32,16 @@ DEFAULTS: dict = {
     },
     "simulator": {
         "model_path": "models/tinyphysics.onnx",
-        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_bf16 | torch_bf16_compiled
+        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_fp32_compiled |
+                                   # torch_bf16 | torch_bf16_compiled | auto (the fastest compiled one for this CPU)
         "eval_backend": "onnx",    # validation (exact engines only): onnx | torch_exact
         "num_threads": 1,          # onnxruntime intra-op threads / torch worker threads
     },
     "env": {
         "num_envs": 32,
         "reward_scale": 1.0,       # episode return = -reward_scale * total_cost
+        "reward_mode": "sampled",  # sampled: the drawn lataccel's step cost; expected: its mean
+                                   # over the simulator's distribution (same expected return, less noise)
     },
     "train": {
         "total_timesteps": 2_000_000,
@@ -143,6 +146,8 @@ def validate(cfg: dict, source: str) -> None:
     need(is_int(cfg["env"]["num_envs"]) and cfg["env"]["num_envs"] >= 1, "env.num_envs", "must be an integer >= 1")
     need(isinstance(cfg["env"]["reward_scale"], (int, float)) and cfg["env"]["reward_scale"] > 0,
          "env.reward_scale", "must be > 0")
+    need(cfg["env"]["reward_mode"] in ("sampled", "expected"), "env.reward_mode",
+         f"must be 'sampled' or 'expected', got {cfg['env']['reward_mode']!r}")
     need(is_int(cfg["simulator"]["num_threads"]) and cfg["simulator"]["num_threads"] >= 1,
          "simulator.num_threads", "must be an integer >= 1")
     need(cfg["simulator"]["backend"] in BACKENDS, "simulator.backend", "must be one of " + ", ".join(BACKENDS))

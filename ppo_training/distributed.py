@@ -436,7 +436,7 @@ def make_rollout_envs(cfg: dict, model, segments: Sequence) -> Any:
         return RayRolloutGroup(cfg, segments)
     from ppo_training.environment.lateral_env import LateralControlVecEnv
     return LateralControlVecEnv(model, segments, cfg["env"]["num_envs"], reward_scale=cfg["env"]["reward_scale"],
-                                seed=cfg["seed"])
+                                seed=cfg["seed"], reward_mode=cfg["env"]["reward_mode"])
 
 
 def check_checkpoint_backend(cfg: dict, ckpt: dict) -> None:
@@ -474,7 +474,8 @@ class _RolloutWorker:
         self.model = make_model(sim["backend"], sim["model_path"], num_threads=sim["num_threads"])
         _arm_fault(self.model, fault)
         self.envs = LateralControlVecEnv(self.model, segments, num_envs, reward_scale=cfg["env"]["reward_scale"],
-                                         seed=worker_env_seed(cfg["seed"], index))
+                                         seed=worker_env_seed(cfg["seed"], index),
+                                         reward_mode=cfg["env"]["reward_mode"])
         self.buffer = RolloutBuffer(cfg["train"]["n_steps"], num_envs, OBS_DIM, 1)
         self.sample_gen = torch.Generator().manual_seed(sample_seed(cfg["seed"], index))
         self.policy = None

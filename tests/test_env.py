@@ -120,3 +120,51 @@ def test_vec_env_rejects_bad_arguments(model, segments):
         LateralControlVecEnv(model, segments, num_envs=0)
     with pytest.raises(ValueError, match="empty"):
         LateralControlVecEnv(model, [], num_envs=2)
+
+
+def test_expected_step_cost_is_the_mean_of_the_sampled_step_cost():
+    """Against brute force: the clipped bins' cost weighted by the distribution, and a Monte
+    Carlo mean of the sampled cost; a one-hot distribution gives that bin's cost exactly."""
+    from ppo_training.environment.lateral_env import expected_step_cost, step_cost
+    rng = np.random.default_rng(0)
+    n = 6
+    logits = rng.normal(scale=4, size=(n, tp.VOCAB_SIZE)).astype(np.float32)
+    probs = tp.TinyPhysicsModel.softmax(logits)
+    target, prev = rng.normal(size=n), rng.normal(scale=0.5, size=n)
+    step = np.array([99, 100, 101, 300, 499, 500])
+    got = expected_step_cost(probs, target, prev, step)
+    bins = tp.TOKENIZER.bins
+    for i in range(n):
+        lat = np.clip(bins, prev[i] - 0.5, prev[i] + 0.5)
+        costs = step_cost(np.full(1024, target[i]), lat, np.full(1024, prev[i]), np.full(1024, step[i]))
+        p = probs[i].astype(np.float64)
+        assert got[i] == pytest.approx(np.dot(p / p.sum(), costs), rel=1e-12, abs=1e-15)
+        draws = tp.sample_tokens(np.repeat(probs[i:i + 1], 20000, 0), rng.random(20000))
+        mc = step_cost(target[i], np.clip(tp.TOKENIZER.decode(draws), prev[i] - 0.5, prev[i] + 0.5), prev[i], step[i])
+        assert got[i] == pytest.approx(mc.mean(), rel=0.05, abs=1e-12)
+    assert got[0] == got[-1] == 0.0                      # outside the cost window
+    one_hot = np.zeros((1, tp.VOCAB_SIZE), np.float32)
+    one_hot[0, 600] = 1.0
+    lat = np.clip(bins[600], prev[:1] - 0.5, prev[:1] + 0.5)
+    np.testing.assert_allclose(expected_step_cost(one_hot, target[:1], prev[:1], np.array([200])),
+                               step_cost(target[:1], lat, prev[:1], np.array([200])), rtol=1e-12)
+
+
+def test_expected_reward_mode_keeps_trajectories_and_episode_costs(model, segments):
+    """Same seed: the expected-reward env simulates the same trajectories as the sampled one
+    (only the reward differs), reports the same sampled episode costs, and its return is an
+    unbiased estimate of -total_cost."""
+    policy = linear_policy(1)
+    runs = {}
+    for mode in ("sampled", "expected"):
+        env = LateralControlVecEnv(model, segments, num_envs=len(segments), seed=7, reward_mode=mode)
+        runs[mode] = run_env_episodes(env, segments, policy)
+    (c_s, r_s), (c_e, r_e) = runs["sampled"], runs["expected"]
+    np.testing.assert_array_equal(c_s, c_e)
+    np.testing.assert_allclose(r_s, -c_s, rtol=1e-12)
+    assert not np.allclose(r_e, r_s)
+    assert np.mean(-r_e) == pytest.approx(np.mean(c_s), rel=0.1)
+    with pytest.raises(ValueError, match="reward_mode"):
+        LateralControlVecEnv(model, segments, num_envs=1, reward_mode="mean")
+    with pytest.raises(ValueError, match="exact"):
+        LateralControlVecEnv(model, segments, num_envs=1, exact=True, reward_mode="expected")

@@ -77,6 +77,8 @@ def test_an_existing_run_is_never_overwritten(tiny_config, tmp_path, capsys):
     ("env.num_envs=0", "env.num_envs"),
     ("env.bogus=1", "unknown config key 'env.bogus'"),
     ("policy.base=lqr", "policy.base"),
+    ("env.reward_mode=mean", "env.reward_mode"),
+    ("simulator.backend=fastest", "simulator.backend"),
 ])
 def test_bad_overrides_are_refused_by_name(override, message):
     with pytest.raises(ConfigError, match=message):

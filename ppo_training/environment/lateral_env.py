@@ -10,7 +10,10 @@ Reward at step s is the negative per-step share of the challenge cost,
                           + 100 * ((lat_s - lat_{s-1}) / 0.1)^2 / 399    for 101 <= s < 500 )
 so that an episode's return equals -reward_scale * total_cost (tinyphysics.compute_cost:
 the lataccel term is a mean over the 400 cost steps, the jerk term a mean over their 399
-differences). Steps from 500 to the segment's end give reward 0.
+differences). Steps from 500 to the segment's end give reward 0. With reward_mode='expected'
+(training envs only) r_s is instead the mean of that step cost over the simulator's
+next-lataccel distribution (expected_step_cost): the same expected return, without the
+draw's own noise; the draw still drives the trajectory and infos['episode_cost'].
 
 Randomness: in training, the simulator's uniform draws come from one np.random.Generator
 seeded from the run's seed (fresh noise on every episode, so a policy cannot memorise one
@@ -41,6 +44,30 @@ def step_cost(target: np.ndarray, lat: np.ndarray, prev_lat: np.ndarray, step: n
             + jerk_on * JERK_WEIGHT * (lat - prev_lat) ** 2)
 
 
+def expected_step_cost(probs: np.ndarray, target: np.ndarray, prev_lat: np.ndarray,
+                       step: np.ndarray) -> np.ndarray:
+    """Expectation of `step_cost` over the simulator's next-lataccel distribution.
+
+    probs float [N, 1024] (the model's distribution at temperature 0.8 for step `step`),
+    target, prev_lat (lataccel at step-1, m/s^2) and step: [N]. Each bin's lataccel is
+    clipped to prev_lat +- MAX_ACC_DELTA as the simulator clips the draw, so this is the
+    exact conditional mean of the sampled step cost given the state and the action (the
+    sampling noise is integrated out: a Rao-Blackwellised reward with the same expected
+    return, see docs in the README's recipe section).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    p = p / p.sum(axis=1, keepdims=True)
+    lat = np.clip(tp.TOKENIZER.bins[None, :], (prev_lat - tp.MAX_ACC_DELTA)[:, None],
+                  (prev_lat + tp.MAX_ACC_DELTA)[:, None])
+    in_window = (step >= tp.CONTROL_START_IDX) & (step < tp.COST_END_IDX)
+    jerk_on = (step > tp.CONTROL_START_IDX) & (step < tp.COST_END_IDX)
+    return (in_window * LAT_WEIGHT * np.einsum("nv,nv->n", p, (target[:, None] - lat) ** 2)
+            + jerk_on * JERK_WEIGHT * np.einsum("nv,nv->n", p, (lat - prev_lat[:, None]) ** 2))
+
+
+REWARD_MODES = ("sampled", "expected")
+
+
 def _observation_space():
     return gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
 
@@ -65,7 +92,13 @@ class LateralControlVecEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(self, model: tp.TinyPhysicsModel, segments: Sequence[tp.Segment], num_envs: int,
-                 reward_scale: float = 1.0, seed: Optional[int] = None, exact: bool = False):
+                 reward_scale: float = 1.0, seed: Optional[int] = None, exact: bool = False,
+                 reward_mode: str = "sampled"):
+        if reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+        if reward_mode == "expected" and exact:
+            raise ValueError("reward_mode='expected' is for training envs (exact=False): it samples "
+                             "from model.probs, which the exact engines' fallback does not")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not segments:
@@ -84,6 +117,8 @@ class LateralControlVecEnv(VectorEnv):
         first = [self.segments[0]] * num_envs
         rngs = [np.random.RandomState(0) for _ in range(num_envs)] if exact else self.sim_rng
         self.sim = tp.BatchedSimulator(model, first, rngs=rngs, max_len=max_len)
+        self.reward_mode = reward_mode
+        self.sim.record_probs = reward_mode == "expected"
         self.error_integral = np.zeros(num_envs)
         self.episode_cost = np.zeros(num_envs)
         self.episode_len = np.zeros(num_envs, dtype=np.int64)
@@ -186,6 +221,10 @@ class LateralControlVecEnv(VectorEnv):
         cost = step_cost(sim.target[rows, s], lat, prev, s)
         self.episode_cost += cost
         self.episode_len += 1
+        if self.reward_mode == "expected" and len(sim.last_rows):
+            m = sim.last_rows                       # rows the model simulated this step
+            cost = cost.copy()
+            cost[m] = expected_step_cost(sim.last_probs, sim.target[m, s[m]], prev[m], s[m])
         rewards = -self.reward_scale * cost
         terminated = ~sim.active
         truncated = np.zeros(self.num_envs, dtype=bool)
