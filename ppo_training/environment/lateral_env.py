@@ -59,10 +59,8 @@ def expected_step_cost(probs: np.ndarray, target: np.ndarray, prev_lat: np.ndarr
     p = p / p.sum(axis=1, keepdims=True)
     lat = np.clip(tp.TOKENIZER.bins[None, :], (prev_lat - tp.MAX_ACC_DELTA)[:, None],
                   (prev_lat + tp.MAX_ACC_DELTA)[:, None])
-    in_window = (step >= tp.CONTROL_START_IDX) & (step < tp.COST_END_IDX)
-    jerk_on = (step > tp.CONTROL_START_IDX) & (step < tp.COST_END_IDX)
-    return (in_window * LAT_WEIGHT * np.einsum("nv,nv->n", p, (target[:, None] - lat) ** 2)
-            + jerk_on * JERK_WEIGHT * np.einsum("nv,nv->n", p, (lat - prev_lat[:, None]) ** 2))
+    costs = step_cost(target[:, None], lat, prev_lat[:, None], step[:, None])   # [N, 1024], per bin
+    return np.einsum("nv,nv->n", p, costs)
 
 
 REWARD_MODES = ("sampled", "expected")
