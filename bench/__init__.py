@@ -29,7 +29,6 @@ Engines (the `engines` section of the JSON):
                        compilation happens in the untimed warm-up at the timed batch size.
   train_fp32           the same with `torch_fp32` (2 workers), for reference.
 
-
 Per engine: `wall_s` (the whole rollout, reading the CSVs included, model construction and
 a small warm-up call excluded), `rollouts_per_s` (segments / wall), `steps_per_s` (simulated
 steps / wall, counting steps 20..T-1 of each segment, i.e. len(segment) - 20), `model_s` and

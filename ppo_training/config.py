@@ -32,8 +32,8 @@ DEFAULTS: dict = {
     },
     "simulator": {
         "model_path": "models/tinyphysics.onnx",
-        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_fp32_compiled |
-                                   # torch_bf16 | torch_bf16_compiled | auto (the fastest compiled one for this CPU)
+        "backend": "onnx",         # training rollouts: onnx | torch_exact | torch_fp32 | torch_bf16 |
+                                   # torch_bf16_compiled | auto (torch_bf16_compiled with native bf16, else onnx)
         "eval_backend": "onnx",    # validation (exact engines only): onnx | torch_exact
         "num_threads": 1,          # onnxruntime intra-op threads / torch worker threads
     },
