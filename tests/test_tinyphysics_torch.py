@@ -239,7 +239,7 @@ def test_compiled_backend_in_the_batched_simulator(model_path, segment_paths):
     """make_model('torch_bf16_compiled') drops into BatchedSimulator: PID costs on real
     segments within 3% of the exact engine's (the bf16 arithmetic is the only difference)."""
     from tinyphysics_torch import make_model
-    paths = segment_paths[:8]
+    paths = segment_paths[:4]
     exact = tp.run_batched(tp.TinyPhysicsModel(model_path), paths, "pid")
     engine = make_model("torch_bf16_compiled", model_path, num_threads=1)
     approx = tp.run_batched(engine, paths, "pid")
