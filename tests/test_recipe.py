@@ -103,3 +103,20 @@ def test_synthetic_segments_join_the_training_pool(write_config, tmp_path, capsy
     assert train.main(["--config", str(cfg), "run_name=s2", "--no_export"]) == 0   # reused, not regenerated
     assert (synth / "synth_000000.csv").stat().st_mtime_ns == before
     assert "generating" not in capsys.readouterr().out
+
+
+def test_base_tuning_scores_every_candidate_on_the_official_draws(model, segment_paths):
+    """scripts/tune_linear_base.py runs K candidates in one batch; each row gets its own RNG seeded as
+    the official harness seeds the segment, so a candidate's cost does not depend on the others."""
+    from scripts import tune_linear_base as tune
+    paths = segment_paths[:1]
+    segs = [tp.load_segment(p) for p in paths]
+    W = np.stack([tune.config_weights(HEADLINE), tune.pid_weights()])
+    together = tune.evaluate(model, segs, paths, W)
+    alone = [tune.evaluate(model, segs, paths, W[k:k + 1])[0] for k in range(2)]
+    assert together.tolist() == alone and alone[0] != alone[1]
+    w = np.zeros(OBS_DIM)
+    w[[OBS_NAMES.index(f) for f in tune.FEATURES]] = W[0]
+    sim = tp.BatchedSimulator(model, segs)                      # the official seeds by default
+    sim.rollout(BatchController(1, lambda o: np.clip(o.astype(np.float64) @ w, -2, 2)))
+    assert sim.costs()[0]["total_cost"] == alone[0]
