@@ -44,8 +44,10 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def model(model_path):
+    """The exact engine with 2 intra-op threads: the suite runs on 2 cores, and the logits do not
+    depend on the thread count (tests/test_parity.py::test_thread_count_does_not_change_a_bit)."""
     import tinyphysics
-    return tinyphysics.TinyPhysicsModel(model_path)
+    return tinyphysics.TinyPhysicsModel(model_path, num_threads=2)
 
 
 @pytest.fixture(scope="session")

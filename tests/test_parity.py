@@ -144,6 +144,19 @@ def test_batched_rows_equal_single_row_model_calls(model):
     assert np.array_equal(batch, single)
 
 
+def test_thread_count_does_not_change_a_bit(model_path):
+    """onnxruntime with 1, 2 or 3 intra-op threads gives the same logits, for a few rows and for many
+    (the suite's `model` fixture uses 2 threads; the official harness runs with 1)."""
+    engines = [tp.TinyPhysicsModel(model_path, num_threads=k) for k in (1, 2, 3)]
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 256):
+        states = rng.normal(size=(n, 20, 4)).astype(np.float32)
+        tokens = rng.integers(0, 1024, size=(n, 20)).astype(np.int64)
+        one = engines[0].logits(states, tokens)
+        for e in engines[1:]:
+            assert np.array_equal(e.logits(states, tokens), one)
+
+
 def test_pruned_graph_gives_the_official_graphs_logits(model, model_path):
     """The default engine runs the graph pruned to the last position; it must not change a bit."""
     official = tp.TinyPhysicsModel(model_path, prune=False)
