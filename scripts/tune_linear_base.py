@@ -39,14 +39,16 @@ def pid_weights():
 
 
 def config_weights(path):
-    """The start point [F] from a config's policy.base_weights."""
+    """The start point [F] from a config's linear base (ppo_training.train.base_weights)."""
+    from ppo_training.train import base_weights
     policy = load_config(path)["policy"]
     if policy["base"] != "linear":
         raise SystemExit(f"{path}: policy.base is {policy['base']!r}, not 'linear'")
-    unknown = sorted(set(policy["base_weights"]) - set(FEATURES))
-    if unknown:
-        raise SystemExit(f"{path}: base_weights on features this script does not tune: {unknown}")
-    return np.array([policy["base_weights"].get(f, 0.0) for f in FEATURES], dtype=np.float64)
+    full = np.asarray(base_weights(policy))
+    untuned = sorted(set(OBS_NAMES[i] for i in np.flatnonzero(full)) - set(FEATURES))
+    if untuned:
+        raise SystemExit(f"{path}: base_weights on features this script does not tune: {untuned}")
+    return full[[IX[f] for f in FEATURES]]
 
 
 def evaluate(model, segs, paths, W):

@@ -115,8 +115,7 @@ def test_base_tuning_scores_every_candidate_on_the_official_draws(model, segment
     together = tune.evaluate(model, segs, paths, W)
     alone = [tune.evaluate(model, segs, paths, W[k:k + 1])[0] for k in range(2)]
     assert together.tolist() == alone and alone[0] != alone[1]
-    w = np.zeros(OBS_DIM)
-    w[[OBS_NAMES.index(f) for f in tune.FEATURES]] = W[0]
+    w = np.asarray(train.base_weights(load_config(HEADLINE)["policy"]))
     sim = tp.BatchedSimulator(model, segs)                      # the official seeds by default
     sim.rollout(BatchController(1, lambda o: np.clip(o.astype(np.float64) @ w, -2, 2)))
     assert sim.costs()[0]["total_cost"] == alone[0]
