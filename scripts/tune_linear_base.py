@@ -32,10 +32,9 @@ FEATURES = ["error", "error_integral", "prev_target_1", "prev_lataccel_1", "targ
 
 
 def pid_weights():
-    from controllers.pid import D, I, P
-    w = dict.fromkeys(FEATURES, 0.0)
-    w["error"], w["error_integral"], w["prev_target_1"], w["prev_lataccel_1"] = P + D, I, -D, D
-    return np.array([w[f] for f in FEATURES])
+    """The official PID as a start point [F] (ppo_training.train.pid_base_weights)."""
+    from ppo_training.train import pid_base_weights
+    return np.asarray(pid_base_weights())[[IX[f] for f in FEATURES]]
 
 
 def config_weights(path):

@@ -105,9 +105,10 @@ def test_synthetic_segments_join_the_training_pool(write_config, tmp_path, capsy
     assert "generating" not in capsys.readouterr().out
 
 
-def test_base_tuning_scores_every_candidate_on_the_official_draws(model, segment_paths):
+def test_base_tuning_scores_every_candidate_on_the_official_draws(model, segment_paths, golden):
     """scripts/tune_linear_base.py runs K candidates in one batch; each row gets its own RNG seeded as
-    the official harness seeds the segment, so a candidate's cost does not depend on the others."""
+    the official harness seeds the segment, so a candidate's cost does not depend on the others,
+    and its PID start point scores what the official harness scored for the PID."""
     from scripts import tune_linear_base as tune
     paths = segment_paths[:1]
     segs = [tp.load_segment(p) for p in paths]
@@ -115,6 +116,7 @@ def test_base_tuning_scores_every_candidate_on_the_official_draws(model, segment
     together = tune.evaluate(model, segs, paths, W)
     alone = [tune.evaluate(model, segs, paths, W[k:k + 1])[0] for k in range(2)]
     assert together.tolist() == alone and alone[0] != alone[1]
+    assert alone[1] == golden["costs"]["pid"][paths[0].split("/")[-1]]["total_cost"]
     w = np.asarray(train.base_weights(load_config(HEADLINE)["policy"]))
     sim = tp.BatchedSimulator(model, segs)                      # the official seeds by default
     sim.rollout(BatchController(1, lambda o: np.clip(o.astype(np.float64) @ w, -2, 2)))
