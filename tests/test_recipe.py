@@ -21,6 +21,16 @@ def test_linear_base_weights_land_on_their_features():
     assert train.base_weights({"base": "none", "base_weights": None}) is None
 
 
+def test_base_tuning_start_points_load():
+    """docs/base_stage1.yaml (the README's second tuning stage starts there) and the recipe both load as
+    start points of scripts/tune_linear_base.py; a config without a linear base is refused by name."""
+    from scripts import tune_linear_base as tune
+    stage1, recipe = tune.config_weights("docs/base_stage1.yaml"), tune.config_weights(HEADLINE)
+    assert stage1.shape == recipe.shape == (len(tune.FEATURES),) and not np.array_equal(stage1, recipe)
+    with pytest.raises(SystemExit, match="config.yaml: policy.base is 'pid'"):
+        tune.config_weights("ppo_training/config.yaml")
+
+
 @pytest.mark.parametrize("override,message", [
     ("policy.base=linear", "policy.base_weights"),                          # linear needs weights
     ("policy.base_weights={error: 1.0}", "only used with policy.base: linear"),
