@@ -31,6 +31,23 @@ def test_base_tuning_start_points_load():
         tune.config_weights("ppo_training/config.yaml")
 
 
+def test_base_tuning_extra_features_start_at_zero_and_unknown_names_are_refused():
+    """--extra_features appends features after FEATURES; they start at 0 from a config that does not set
+    them, a config weighting a feature outside the tuned set is refused, and a misspelt name exits."""
+    from scripts import tune_linear_base as tune
+    features = tune.feature_list("future_lataccel_20, prev_action_2")
+    assert features == tune.FEATURES + ["future_lataccel_20", "prev_action_2"]
+    w = tune.config_weights("docs/base_stage1.yaml", features)
+    assert w[:len(tune.FEATURES)].tolist() == tune.config_weights("docs/base_stage1.yaml").tolist() and w[-2:].tolist() == [0, 0]
+    assert tune.pid_weights(features)[-2:].tolist() == [0, 0]
+    with pytest.raises(SystemExit, match="not observation features: \\['future_lataccel_7'\\]"):
+        tune.feature_list("future_lataccel_7")
+    with pytest.raises(SystemExit, match="repeated"):
+        tune.feature_list("prev_action_2,prev_action_2")
+    with pytest.raises(SystemExit, match="does not tune: \\['future_lataccel_13'\\]"):
+        tune.config_weights("docs/base_stage1.yaml", [f for f in tune.FEATURES if f != "future_lataccel_13"])
+
+
 @pytest.mark.parametrize("override,message", [
     ("policy.base=linear", "policy.base_weights"),                          # linear needs weights
     ("policy.base_weights={error: 1.0}", "only used with policy.base: linear"),
