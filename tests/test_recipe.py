@@ -11,6 +11,10 @@ from ppo_training.config import ConfigError, load_config
 from ppo_training.policy.actor_critic import ActorCritic
 
 HEADLINE = "ppo_training/configs/ff_residual.yaml"
+# the --extra_features of the fourth tuning stage (README: 'The training recipe'), which the recipe's base weighs
+RECIPE_EXTRA = ("future_lataccel_4,future_lataccel_6,future_lataccel_10,future_lataccel_16,future_lataccel_20,"
+                "future_lataccel_25,future_lataccel_30,future_roll_1,future_roll_5,future_roll_8,future_roll_13,"
+                "prev_action_2,prev_action_3,prev_lataccel_2")
 
 
 def test_linear_base_weights_land_on_their_features():
@@ -25,8 +29,12 @@ def test_base_tuning_start_points_load():
     """docs/base_stage1.yaml (the README's second tuning stage starts there) and the recipe both load as
     start points of scripts/tune_linear_base.py; a config without a linear base is refused by name."""
     from scripts import tune_linear_base as tune
-    stage1, recipe = tune.config_weights("docs/base_stage1.yaml"), tune.config_weights(HEADLINE)
-    assert stage1.shape == recipe.shape == (len(tune.FEATURES),) and not np.array_equal(stage1, recipe)
+    features = tune.feature_list(RECIPE_EXTRA)
+    stage1, recipe = tune.config_weights("docs/base_stage1.yaml", features), tune.config_weights(HEADLINE, features)
+    assert stage1.shape == recipe.shape == (len(features),) and not np.array_equal(stage1, recipe)
+    assert np.count_nonzero(recipe) == len(features)       # the recipe weighs every feature it was tuned on
+    with pytest.raises(SystemExit, match="does not tune: .*future_lataccel_20"):
+        tune.config_weights(HEADLINE)                        # the first three stages' features only
     with pytest.raises(SystemExit, match="config.yaml: policy.base is 'pid'"):
         tune.config_weights("ppo_training/config.yaml")
 
@@ -135,13 +143,15 @@ def test_synthetic_segments_join_the_training_pool(write_config, tmp_path, capsy
 def test_base_tuning_scores_every_candidate_on_the_official_draws(model, segment_paths, golden):
     """scripts/tune_linear_base.py runs K candidates in one batch; each row gets its own RNG seeded as
     the official harness seeds the segment, so a candidate's cost does not depend on the others,
-    and its PID start point scores what the official harness scored for the PID."""
+    its PID start point scores what the official harness scored for the PID, and the recipe's base
+    (extra features included) scores what the policy's own base scores in the simulator."""
     from scripts import tune_linear_base as tune
     paths = segment_paths[:1]
     segs = [tp.load_segment(p) for p in paths]
-    W = np.stack([tune.config_weights(HEADLINE), tune.pid_weights()])
-    together = tune.evaluate(model, segs, paths, W)
-    alone = [tune.evaluate(model, segs, paths, W[k:k + 1])[0] for k in range(2)]
+    features = tune.feature_list(RECIPE_EXTRA)
+    W = np.stack([tune.config_weights(HEADLINE, features), tune.pid_weights(features)])
+    together = tune.evaluate(model, segs, paths, W, features)
+    alone = [tune.evaluate(model, segs, paths, W[k:k + 1], features)[0] for k in range(2)]
     assert together.tolist() == alone and alone[0] != alone[1]
     assert alone[1] == golden["costs"]["pid"][paths[0].split("/")[-1]]["total_cost"]
     w = np.asarray(train.base_weights(load_config(HEADLINE)["policy"]))
