@@ -68,6 +68,14 @@ def feature_list(extra):
     return features
 
 
+def generation_segments(rng, num_segments, batch_segments):
+    """Indices of the segments one generation is scored on: all (batch_segments 0 or >= num_segments),
+    else batch_segments distinct ones drawn afresh from `rng`, sorted."""
+    if 0 < batch_segments < num_segments:
+        return np.sort(rng.choice(num_segments, batch_segments, replace=False))
+    return np.arange(num_segments)
+
+
 def evaluate(model, segs, paths, W, features=FEATURES):
     """W [K, F] candidate weights over `features` -> mean total_cost [K] over the segments."""
     K = len(W)
@@ -115,13 +123,10 @@ def main():
         eps = rng.standard_normal((args.popsize // 2, len(mean)))
         eps = np.concatenate([eps, -eps])                     # antithetic pairs
         W = np.concatenate([mean[None], mean + sigma * eps])
-        if 0 < args.batch_segments < len(segs):
-            pick = np.sort(rng.choice(len(segs), args.batch_segments, replace=False))
-            f = evaluate(model, [segs[i] for i in pick], [paths[i] for i in pick], W, features)
-        else:
-            f = evaluate(model, segs, paths, W, features)
-            if f[0] < best[0]:
-                best = (f[0], mean.copy())
+        pick = generation_segments(rng, len(segs), args.batch_segments)
+        f = evaluate(model, [segs[i] for i in pick], [paths[i] for i in pick], W, features)
+        if len(pick) == len(segs) and f[0] < best[0]:          # only a score on all segments may be the best
+            best = (f[0], mean.copy())
         ranks = np.argsort(np.argsort(f[1:]))                  # 0 = best
         util = -(ranks - ranks.mean()) / len(ranks)           # centred rank utilities
         mean = mean + sigma * args.lr * (util[:, None] * eps).sum(0) / len(eps)

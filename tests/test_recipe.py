@@ -56,6 +56,19 @@ def test_base_tuning_extra_features_start_at_zero_and_unknown_names_are_refused(
         tune.config_weights("docs/base_stage1.yaml", [f for f in tune.FEATURES if f != "future_lataccel_13"])
 
 
+def test_base_tuning_batch_segments_draws_a_fresh_subset_each_generation():
+    """--batch_segments N: each generation scores N distinct segments, drawn afresh from the search's RNG;
+    0, or N at least the number of segments, scores all of them."""
+    from scripts import tune_linear_base as tune
+    rng = np.random.default_rng(4)
+    picks = [tune.generation_segments(rng, 80, 40) for _ in range(3)]
+    for p in picks:
+        assert len(set(p.tolist())) == 40 and p.tolist() == sorted(p.tolist()) and 0 <= p.min() and p.max() < 80
+    assert not np.array_equal(picks[0], picks[1]) and not np.array_equal(picks[1], picks[2])
+    for batch in (0, 80, 100):
+        assert tune.generation_segments(rng, 80, batch).tolist() == list(range(80))
+
+
 @pytest.mark.parametrize("override,message", [
     ("policy.base=linear", "policy.base_weights"),                          # linear needs weights
     ("policy.base_weights={error: 1.0}", "only used with policy.base: linear"),
