@@ -62,10 +62,9 @@ def feature_list(extra):
     unknown = [x for x in names if x not in IX]
     if unknown:
         raise SystemExit(f"--extra_features: not observation features: {unknown} (see controllers/ppo.py OBS_NAMES)")
-    features = FEATURES + [x for x in names if x not in FEATURES]
-    if len(set(features)) != len(features):
+    if len(set(names)) != len(names):
         raise SystemExit(f"--extra_features: a name is repeated: {names}")
-    return features
+    return FEATURES + [x for x in names if x not in FEATURES]
 
 
 def generation_segments(rng, num_segments, batch_segments):
